@@ -1,0 +1,245 @@
+"""Downloads that resume, show their progress and prove their checksum.
+
+Fetcher.fetch(source) returns the path of a verified copy of a source file:
+1. a copy in one of the local archive folders (--archives), if its checksum holds;
+2. else the copy in the downloads folder, if complete and its checksum holds (a
+   corrupt one is deleted and fetched again);
+3. else a download into <file>.part, resumed with an HTTP Range request after an
+   interruption, renamed to <file> only once complete and verified.
+The URL of a source is, first to last: --url KEY=URL, $FCN_URL_<KEY>,
+<mirror>/<file name> (--mirror or $FCN_DATA_MIRROR), the upstream URL.
+"""
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from data.sources import SOURCES
+
+CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A download that cannot be completed or verified; the message says what to do."""
+
+
+def digests(path):
+    """md5 and sha256 of a file, in one pass."""
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for chunk in iter(lambda: stream.read(CHUNK), b''):
+            md5.update(chunk)
+            sha256.update(chunk)
+    return {'md5': md5.hexdigest(), 'sha256': sha256.hexdigest()}
+
+
+def mismatches(source, found):
+    """The recorded checksums that the found digests contradict, as text; None if no
+    checksum is recorded for the source, '' if all recorded ones hold."""
+    recorded = {kind: getattr(source, kind) for kind in ('md5', 'sha256') if getattr(source, kind)}
+    if not recorded:
+        return None
+    return ', '.join('{} {} (expected {})'.format(kind, found[kind], value)
+                     for kind, value in recorded.items() if found[kind] != value.lower())
+
+
+class Progress:
+    """A one-line progress bar on a terminal, a line per tenth elsewhere."""
+
+    def __init__(self, label, total, done=0, out=None):
+        self.label, self.total, self.done = label, total, done
+        self.out = out or sys.stderr
+        self.start, self.start_done = time.monotonic(), done
+        self.shown_at, self.shown_tenth = 0.0, -1
+        self.terminal = self.out.isatty()
+
+    def update(self, count):
+        self.done += count
+        now = time.monotonic()
+        if self.terminal and now - self.shown_at >= 0.2:
+            self.shown_at = now
+            self.out.write('\r' + self.line(now))
+            self.out.flush()
+        elif not self.terminal and self.total:
+            tenth = 10 * self.done // self.total
+            if tenth > self.shown_tenth:
+                self.shown_tenth = tenth
+                self.out.write(self.line(now) + '\n')
+
+    def finish(self):
+        if self.terminal:
+            self.out.write('\r' + self.line(time.monotonic()) + '\n')
+            self.out.flush()
+
+    def line(self, now):
+        rate = (self.done - self.start_done) / max(now - self.start, 1e-6) / 1e6
+        if self.total:
+            return '  {}: {:5.1f}% {:.1f}/{:.1f} MB {:.1f} MB/s'.format(
+                self.label, 100.0 * self.done / self.total, self.done / 1e6, self.total / 1e6, rate)
+        return '  {}: {:.1f} MB {:.1f} MB/s'.format(self.label, self.done / 1e6, rate)
+
+
+class Fetcher:
+    """Gets verified copies of the files in `sources` into `downloads`.
+
+    archives: folders that may already hold some of the files (used in place).
+    mirror:   a base URL that serves every file by its name.
+    urls:     key -> URL overrides.
+    """
+
+    def __init__(self, downloads, archives=(), mirror=None, urls=None, sources=SOURCES,
+                 attempts=4, retry_wait=2.0, out=None):
+        self.downloads = Path(downloads)
+        self.archives = [Path(folder) for folder in archives]
+        self.mirror = mirror or os.environ.get('FCN_DATA_MIRROR')
+        self.urls = dict(urls or {})
+        unknown = sorted(set(self.urls) - set(sources))
+        if unknown:
+            raise FetchError('--url names unknown source {!r} (known: {})'.format(
+                unknown[0], ', '.join(sorted(sources))))
+        self.sources = sources
+        self.attempts, self.retry_wait = attempts, retry_wait
+        self.out = out or sys.stdout
+
+    def say(self, message):
+        print(message, file=self.out, flush=True)
+
+    def url(self, source):
+        override = self.urls.get(source.key) or os.environ.get('FCN_URL_' + source.key.upper())
+        if override:
+            return override
+        if self.mirror:
+            return self.mirror.rstrip('/') + '/' + source.filename
+        return source.url
+
+    def fetch(self, key):
+        """The path of a verified copy of source `key`."""
+        source = self.sources[key]
+        for folder in self.archives:
+            local = folder / source.filename
+            if local.is_file():
+                problem = self.check(source, local)
+                if not problem:
+                    self.say('using {}'.format(local))
+                    return local
+                self.say('ignoring {}: {}'.format(local, problem))
+        target = self.downloads / source.filename
+        if target.is_file():
+            problem = self.check(source, target)
+            if not problem:
+                return target
+            self.say('{} is corrupt ({}): fetching it again'.format(target, problem))
+            target.unlink()
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + '.part')
+        for fresh_start in (False, True):
+            if fresh_start:
+                part.unlink()
+            self.download(source, part)
+            problem = self.check(source, part)
+            if not problem:
+                os.replace(part, target)
+                return target
+            self.say('{} failed verification ({})'.format(self.url(source), problem))
+        raise FetchError('{} fails its checksum twice from {} ({}): the server holds another '
+                         'file; point --url {}=URL or --mirror at a genuine copy'.format(
+                             source.filename, self.url(source), problem, source.key))
+
+    def check(self, source, path):
+        """'' if path is a genuine copy of source, else what is wrong with it. Without a
+        recorded checksum any complete copy passes, and its digests are printed."""
+        self.say('verifying {} ...'.format(path))
+        found = digests(path)
+        problem = mismatches(source, found)
+        if problem is None:
+            self.say('NOTE: no checksum is recorded for {}; computed md5 {} sha256 {}. '
+                     'Check them against a trusted copy and record them in data/sources.py.'.format(
+                         source.filename, found['md5'], found['sha256']))
+            return ''
+        return problem
+
+    def download(self, source, part):
+        """Complete part from the source's URL, resuming what is there."""
+        url = self.url(source)
+        for attempt in range(1, self.attempts + 1):
+            have = part.stat().st_size if part.exists() else 0
+            try:
+                if self.transfer(url, part, have, source.filename):
+                    return
+                problem = 'the connection closed early'
+            except urllib.error.HTTPError as error:
+                if error.code == 416 and have:
+                    # Asked to resume at or past the end: what is there may be complete.
+                    if have == content_range_total(error.headers.get('Content-Range')):
+                        return
+                    part.unlink()
+                    problem = 'the partial file is longer than the file on the server'
+                elif error.code < 500:
+                    raise FetchError('{}: HTTP {} {}: set --url {}=URL, --mirror or --archives '
+                                     'to another copy of {}'.format(url, error.code, error.reason,
+                                                                    source.key, source.filename))
+                else:
+                    problem = 'HTTP {} {}'.format(error.code, error.reason)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+                problem = str(error)
+            if attempt < self.attempts:
+                self.say('download of {} interrupted ({}); resuming'.format(source.filename, problem))
+                time.sleep(self.retry_wait * attempt)
+        raise FetchError('cannot download {} from {} after {} attempts ({}): run again to resume, '
+                         'or use --mirror / --archives'.format(source.filename, url, self.attempts,
+                                                               problem))
+
+    def transfer(self, url, part, have, label):
+        """One request appending to part from byte `have`; True if the file is complete."""
+        headers = {'User-Agent': 'fcn-data-prepare'}
+        if have:
+            headers['Range'] = 'bytes={}-'.format(have)
+        if not have:
+            self.say('downloading {}'.format(url))
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if have and response.status == 206:
+                start = content_range_start(response.headers.get('Content-Range'))
+                if start != have:
+                    raise FetchError('{} answered a resume from byte {} with a range starting at {}'
+                                     .format(url, have, start))
+                total = content_range_total(response.headers.get('Content-Range'))
+                mode = 'ab'
+            else:
+                # No range support (200): start over.
+                have, mode = 0, 'wb'
+                length = response.headers.get('Content-Length')
+                total = int(length) if length and length.isdigit() else None
+            progress = Progress(label, total, have)
+            with open(part, mode) as stream:
+                for chunk in iter(lambda: response.read(CHUNK), b''):
+                    stream.write(chunk)
+                    progress.update(len(chunk))
+            progress.finish()
+        return total is None or part.stat().st_size == total
+
+
+def content_range_start(header):
+    match = re.match(r'bytes (\d+)-', header or '')
+    return int(match.group(1)) if match else None
+
+
+def content_range_total(header):
+    match = re.search(r'/(\d+)$', header or '')
+    return int(match.group(1)) if match else None
+
+
+def place(fetcher, key, destination):
+    """A verified copy of a single (unarchived) source file at destination."""
+    if destination.is_file():
+        return
+    source = fetcher.fetch(key)
+    partial = destination.with_name(destination.name + '.partial')
+    shutil.copyfile(source, partial)
+    os.replace(partial, destination)
