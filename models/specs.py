@@ -1,0 +1,251 @@
+"""The model table: every net of the project as data, one entry per folder `models/<name>/`.
+
+`MODELS` holds the fifteen reference FCNs of Long, Shelhamer and Darrell (CVPR 2015,
+PAMI 2016) and the toy nets of the embedded demo; each gets train, val, deploy and solver
+prototxts. `BASE_NETS` holds the ILSVRC classifiers that surgery starts from; they get a
+deploy prototxt only. The builders (`models/vgg16.py`, `models/alexnet.py`) read nothing
+but these entries, and `make models` writes their output.
+
+Only `caffe`-free Python lives here, so any tool can read the table without Caffe.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Head:
+    """One output of a net: its score top, the label top it learns from, its class count.
+
+    ignore_absent: leave classes that never occur in the evaluation split out of mean IU
+    (SIFT Flow's semantic test set lacks three of its classes).
+    """
+    score: str
+    label: str
+    num_classes: int
+    ignore_absent: bool = False
+
+
+@dataclass(frozen=True)
+class DataLayer:
+    """A Python data layer: `module.Class` as Caffe imports it, and the JSON parameters it
+    gets for every split (as (key, value) pairs, so that a spec stays immutable). The
+    builders add split, randomize and seed, and tops or batch_size where the layer has them.
+    """
+    layer: str
+    params: tuple = ()
+
+
+def data_layer(layer, **params):
+    return DataLayer(layer, tuple(params.items()))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One net and how to train it.
+
+    name        folder under models/
+    dataset     'voc' | 'nyud' | 'siftflow' | 'pascalcontext' | 'toy' ('ilsvrc' for BASE_NETS)
+    body        'vgg16' | 'alexnet' | 'googlenet'
+    stride      32 | 16 | 8: the output stride of the finest score fused (FCN-32s/16s/8s)
+    heads       the outputs, each with its own score layers and loss
+    init        what training starts from: another model's name (its final weights), a base
+                weights name ('vgg16-fcn', 'alexnet-fcn', 'toy-vgg16-fcn'), a tuple of model
+                names (late fusion: one body from each), or None (from scratch)
+    train_split, val_split, train_data, val_data: the data layer of train/val.prototxt
+    val_size    images in val_split: the solver's test_iter (per batch)
+    base_lr, momentum, iter_size, max_iter: the solver (lr_policy fixed, weight decay
+                5e-4, snapshots every 4000 iterations for all)
+    task        'segmentation' (an FCN) | 'classification' (a classifier to transplant from)
+    width       multiplier of every body convolution's outputs (the toy nets are narrow)
+    modalities  NYUD inputs the data layer loads (its `tops`), in order; empty elsewhere
+    fusion      how several modalities meet: 'early' (channels concatenated into one body)
+                or 'late' (one body each, coarse scores averaged)
+    first_conv  name of conv1_1; renamed where its input is not the 3-channel image, so that
+                weights are not transplanted into it
+    skip_scales fixed factors on pool4 and pool3 before their score layers (FCN-8s at once)
+    normalize_loss  the loss averages over pixels (else it sums them, as the VGG nets do)
+    deploy_size (height, width) of deploy.prototxt's example input
+    batch_size  images per iteration (the FCNs take one image of any size)
+    weight_filler  Caffe filler of the body's weights when training from scratch
+    """
+    name: str
+    dataset: str
+    body: str
+    stride: int
+    heads: tuple
+    init: str | tuple | None
+    train_split: str
+    val_split: str
+    train_data: DataLayer | None
+    val_data: DataLayer | None
+    val_size: int
+    base_lr: float
+    momentum: float
+    iter_size: int
+    max_iter: int
+    task: str = 'segmentation'
+    width: float = 1.0
+    modalities: tuple = ()
+    fusion: str | None = None
+    first_conv: str = 'conv1_1'
+    skip_scales: tuple = ()
+    normalize_loss: bool = False
+    deploy_size: tuple = (500, 500)
+    batch_size: int = 1
+    weight_filler: str | None = None
+
+
+# ---- reference models --------------------------------------------------------------
+# Data directories are relative to the data root (FCN_DATA_DIR, else <repo>/data).
+
+VOC_MEAN = (104.00699, 116.66877, 122.67892)
+
+# PASCAL VOC: train on SBD's train split, evaluate on seg11valid (VOC2011 segmentation val
+# without the SBD training images).
+VOC = dict(
+    dataset='voc', heads=(Head('score', 'label', 21),),
+    train_split='train', val_split='seg11valid', val_size=736,
+    train_data=data_layer('layers.voc.SBDDSegDataLayer', sbdd_dir='sbdd/dataset',
+                          mean=VOC_MEAN),
+    val_data=data_layer('layers.voc.VOCSegDataLayer', voc_dir='pascal/VOC2011',
+                        mean=VOC_MEAN))
+
+NYUD_LAYER = data_layer('layers.nyud.NYUDSegDataLayer', nyud_dir='nyud')
+# NYUDv2, the 40-class task of Gupta et al.; the images are 425x560 after their crop.
+NYUD = dict(
+    dataset='nyud', heads=(Head('score', 'label', 40),),
+    train_split='trainval', val_split='test', val_size=654,
+    train_data=NYUD_LAYER, val_data=NYUD_LAYER, deploy_size=(425, 560))
+
+SIFTFLOW_LAYER = data_layer('layers.siftflow.SIFTFlowSegDataLayer', siftflow_dir='sift-flow')
+# SIFT Flow: one body, two heads (33 semantic, 3 geometric classes) on 256x256 images.
+SIFTFLOW = dict(
+    dataset='siftflow',
+    heads=(Head('score_sem', 'sem', 33, ignore_absent=True), Head('score_geo', 'geo', 3)),
+    train_split='trainval', val_split='test', val_size=200,
+    train_data=SIFTFLOW_LAYER, val_data=SIFTFLOW_LAYER, deploy_size=(256, 256))
+
+PASCALCONTEXT_LAYER = data_layer(
+    'layers.pascalcontext.PASCALContextSegDataLayer', voc_dir='pascal/VOC2010',
+    context_dir='pascal-context', mean=VOC_MEAN)
+# PASCAL-Context, 59 classes and background, on VOC2010 images.
+PASCALCONTEXT = dict(
+    dataset='pascalcontext', heads=(Head('score', 'label', 60),),
+    train_split='train', val_split='val', val_size=5105,
+    train_data=PASCALCONTEXT_LAYER, val_data=PASCALCONTEXT_LAYER)
+
+# Unnormalised losses sum over ~10^5 pixels, hence the tiny learning rates; each finer
+# stride starts from the coarser net and takes a 100x smaller rate.
+HIGH_MOMENTUM = dict(momentum=0.99, iter_size=1)
+
+REFERENCE_MODELS = (
+    ModelSpec('voc-fcn32s', body='vgg16', stride=32, init='vgg16-fcn', **VOC,
+              base_lr=1e-10, max_iter=100000, **HIGH_MOMENTUM),
+    ModelSpec('voc-fcn16s', body='vgg16', stride=16, init='voc-fcn32s', **VOC,
+              base_lr=1e-12, max_iter=100000, **HIGH_MOMENTUM),
+    ModelSpec('voc-fcn8s', body='vgg16', stride=8, init='voc-fcn16s', **VOC,
+              base_lr=1e-14, max_iter=100000, **HIGH_MOMENTUM),
+    # All strides learnt at once: the skips' inputs are scaled down so that their scores
+    # start small against the coarse score's.
+    ModelSpec('voc-fcn8s-atonce', body='vgg16', stride=8, init='vgg16-fcn', **VOC,
+              skip_scales=(0.01, 0.0001),
+              base_lr=1e-10, max_iter=300000, **HIGH_MOMENTUM),
+    # CaffeNet body, normalised loss, standard momentum, 20 images per update.
+    ModelSpec('voc-fcn-alexnet', body='alexnet', stride=32, init='alexnet-fcn', **VOC,
+              normalize_loss=True,
+              base_lr=1e-4, momentum=0.9, iter_size=20, max_iter=100000),
+
+    ModelSpec('nyud-fcn32s-color', body='vgg16', stride=32, init='vgg16-fcn', **NYUD,
+              modalities=('color',),
+              base_lr=1e-10, max_iter=300000, **HIGH_MOMENTUM),
+    ModelSpec('nyud-fcn32s-hha', body='vgg16', stride=32, init='vgg16-fcn', **NYUD,
+              modalities=('hha',),
+              base_lr=1e-10, max_iter=300000, **HIGH_MOMENTUM),
+    ModelSpec('nyud-fcn32s-color-d', body='vgg16', stride=32, init='vgg16-fcn', **NYUD,
+              modalities=('color', 'depth'), fusion='early', first_conv='conv1_1_bgrd',
+              base_lr=1e-10, max_iter=300000, **HIGH_MOMENTUM),
+    ModelSpec('nyud-fcn32s-color-hha', body='vgg16', stride=32,
+              init=('nyud-fcn32s-color', 'nyud-fcn32s-hha'), **NYUD,
+              modalities=('color', 'hha'), fusion='late',
+              base_lr=1e-12, max_iter=300000, **HIGH_MOMENTUM),
+
+    ModelSpec('siftflow-fcn32s', body='vgg16', stride=32, init='vgg16-fcn', **SIFTFLOW,
+              base_lr=1e-10, max_iter=300000, **HIGH_MOMENTUM),
+    ModelSpec('siftflow-fcn16s', body='vgg16', stride=16, init='siftflow-fcn32s', **SIFTFLOW,
+              base_lr=1e-12, max_iter=300000, **HIGH_MOMENTUM),
+    ModelSpec('siftflow-fcn8s', body='vgg16', stride=8, init='siftflow-fcn16s', **SIFTFLOW,
+              base_lr=1e-12, max_iter=300000, **HIGH_MOMENTUM),
+
+    ModelSpec('pascalcontext-fcn32s', body='vgg16', stride=32, init='vgg16-fcn',
+              **PASCALCONTEXT, base_lr=1e-10, max_iter=300000, **HIGH_MOMENTUM),
+    ModelSpec('pascalcontext-fcn16s', body='vgg16', stride=16, init='pascalcontext-fcn32s',
+              **PASCALCONTEXT, base_lr=1e-12, max_iter=300000, **HIGH_MOMENTUM),
+    ModelSpec('pascalcontext-fcn8s', body='vgg16', stride=8, init='pascalcontext-fcn16s',
+              **PASCALCONTEXT, base_lr=1e-14, max_iter=300000, **HIGH_MOMENTUM),
+)
+
+
+# ---- FCN-GoogLeNet: the paper's third net, never released -------------------------
+# The paper's recipe for it (CVPR 2015, section 4.3): SGD, momentum 0.9, 20 images per
+# update, fixed rate 5e-5; with the loss averaged over pixels, as FCN-AlexNet's. Why, and
+# why 100000 updates: models/README.md, section FCN-GoogLeNet.
+
+PAPER_MODELS = (
+    ModelSpec('voc-fcn-googlenet', body='googlenet', stride=32, init='googlenet-fcn', **VOC,
+              normalize_loss=True,
+              base_lr=5e-5, momentum=0.9, iter_size=20, max_iter=100000),
+)
+
+
+# ---- toy models: the embedded demo (values tuned by the demo) ----------------------
+# The same VGG16 topology and layer names at a fraction of the width, on the toy set of
+# data/toy.py: 128x128 scenes of background and five shape classes, and 224x224 crops
+# for pretraining the classifier (224 gives the 7x7 pool5 that becomes the 7x7 fc6).
+
+TOY_WIDTH = 1 / 8
+TOY_CLASSES = 6  # background + 5 shapes; the classifier uses the same ids (0 never occurs)
+TOY_MEAN = VOC_MEAN
+TOY_SEG_LAYER = data_layer('layers.voc.VOCSegDataLayer', voc_dir='toy', mean=TOY_MEAN)
+TOY_FCN = dict(
+    dataset='toy', body='vgg16', width=TOY_WIDTH,
+    heads=(Head('score', 'label', TOY_CLASSES),),
+    train_split='train', val_split='val', val_size=120,
+    train_data=TOY_SEG_LAYER, val_data=TOY_SEG_LAYER, deploy_size=(128, 128),
+    momentum=0.99, iter_size=1)
+TOY_CLASS_LAYER = data_layer('layers.toy.ToyClassDataLayer', toy_dir='toy', mean=TOY_MEAN)
+
+TOY_MODELS = (
+    ModelSpec('toy-vgg16', task='classification', dataset='toy', body='vgg16', stride=32,
+              width=TOY_WIDTH, heads=(Head('fc8', 'label', TOY_CLASSES),), init=None,
+              train_split='train', val_split='val', val_size=500,
+              train_data=TOY_CLASS_LAYER, val_data=TOY_CLASS_LAYER,
+              deploy_size=(224, 224), batch_size=16, weight_filler='msra',
+              normalize_loss=True,
+              base_lr=1e-3, momentum=0.9, iter_size=1, max_iter=3000),
+    ModelSpec('toy-fcn32s', stride=32, init='toy-vgg16-fcn', **TOY_FCN,
+              base_lr=1e-8, max_iter=2000),
+    ModelSpec('toy-fcn16s', stride=16, init='toy-fcn32s', **TOY_FCN,
+              base_lr=1e-10, max_iter=1000),
+    ModelSpec('toy-fcn8s', stride=8, init='toy-fcn16s', **TOY_FCN,
+              base_lr=1e-12, max_iter=1000),
+)
+
+
+# ---- ILSVRC classifiers (deploy only) ----------------------------------------------
+# The definitions that surgery reads the ILSVRC weights with, named as the FCNs' layers.
+# Their training fields are unused.
+
+ILSVRC = dict(
+    dataset='ilsvrc', task='classification', stride=32,
+    heads=(Head('fc8', 'label', 1000),), init=None,
+    train_split='train', val_split='val', val_size=50000,
+    train_data=None, val_data=None,
+    base_lr=0.01, momentum=0.9, iter_size=1, max_iter=0)
+
+BASE_NETS = {spec.name: spec for spec in (
+    ModelSpec('vgg16', body='vgg16', deploy_size=(224, 224), **ILSVRC),
+    ModelSpec('caffenet', body='alexnet', deploy_size=(227, 227), **ILSVRC),
+    ModelSpec('googlenet', body='googlenet', deploy_size=(224, 224),
+              **{**ILSVRC, 'heads': (Head('loss3/classifier', 'label', 1000),)}),
+)}
+
+MODELS = {spec.name: spec for spec in REFERENCE_MODELS + PAPER_MODELS + TOY_MODELS}
