@@ -1,0 +1,158 @@
+"""Where a model's files are and what its data layers are told.
+
+The model table (`models.specs.MODELS`) names every model; its prototxts live in
+`models/<name>/`. The data layers are Python layers configured by JSON in
+`python_param.param_str`, so changing the split, the data directory or a training
+process's shard is an edit of that JSON in a copy of the prototxt, never of the file.
+"""
+import importlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+# Glog's start-up chatter (every layer's set-up) is off unless asked for; it is read when
+# Caffe is first imported, and every tool imports this module first.
+os.environ.setdefault('GLOG_minloglevel', '2')
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO / 'models'
+RUNS_DIR = REPO / 'runs'
+
+
+class UsageError(SystemExit):
+    """A problem the user can fix; the message names the file or value and what to do."""
+
+    def __init__(self, message):
+        super().__init__(f'error: {message}')
+
+
+def caffe_pb2():
+    from caffe.proto import caffe_pb2 as pb2
+    return pb2
+
+
+def model_spec(name):
+    """The model table's entry for `name`, with the known names in the error."""
+    try:
+        from models.specs import MODELS
+    except ImportError as e:
+        raise UsageError(f'cannot read the model table models/specs.py ({e})') from e
+    if name not in MODELS:
+        raise UsageError(f'unknown model {name!r}; known models: {", ".join(sorted(MODELS))}')
+    return MODELS[name]
+
+
+def model_file(name, kind, models_dir=MODELS_DIR):
+    """`models/<name>/<kind>.prototxt`, which must exist."""
+    path = Path(models_dir) / name / f'{kind}.prototxt'
+    if not path.is_file():
+        raise UsageError(f'{path} does not exist; generate the model files first '
+                         f'(`make models`)')
+    return path
+
+
+def class_names(dataset, label, num_classes):
+    """Names of a label top's classes from `layers.<dataset>.CLASS_NAMES`, else 'class N'."""
+    try:
+        names = tuple(importlib.import_module(f'layers.{dataset}').CLASS_NAMES[label])
+    except (ImportError, AttributeError, KeyError, TypeError):
+        names = ()
+    if len(names) != num_classes:
+        names = tuple(f'class {i}' for i in range(num_classes))
+    return names
+
+
+def read_net(path):
+    from google.protobuf import text_format
+    net = caffe_pb2().NetParameter()
+    text_format.Merge(Path(path).read_text(), net)
+    return net
+
+
+def read_solver(path):
+    from google.protobuf import text_format
+    solver = caffe_pb2().SolverParameter()
+    text_format.Merge(Path(path).read_text(), solver)
+    return solver
+
+
+def write_text_proto(path, message):
+    """Write a prototxt atomically."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    tmp.write_text(str(message))
+    os.replace(tmp, path)
+
+
+def data_layers(net_param):
+    """The Python layers that take no bottoms: the nets' data layers."""
+    return [layer for layer in net_param.layer
+            if layer.type == 'Python' and not layer.bottom]
+
+
+def update_data_params(net_param, **updates):
+    """Set keys of every data layer's JSON parameters (in place); None values are skipped."""
+    updates = {k: v for k, v in updates.items() if v is not None}
+    for layer in data_layers(net_param):
+        params = json.loads(layer.python_param.param_str or '{}')
+        params.update(updates)
+        layer.python_param.param_str = json.dumps(params)
+    return net_param
+
+
+@contextmanager
+def temporary_prototxt(message, directory=None):
+    """A prototxt file holding `message` while the block runs (Caffe reads paths only)."""
+    fd, path = tempfile.mkstemp(suffix='.prototxt', dir=directory)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(str(message))
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def set_data_dir(data_dir):
+    """Relative data directories in the layers resolve against FCN_DATA_DIR (contract)."""
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise UsageError(f'--data-dir {data_dir}: no such directory')
+        os.environ['FCN_DATA_DIR'] = str(Path(data_dir).resolve())
+
+
+def data_layer_object(net):
+    """The Python object of a net's first layer, its data layer."""
+    if not len(net.layers) or net.layers[0].type != 'Python':
+        raise UsageError('the net does not start with a Python data layer')
+    return net.layers[0]
+
+
+def split_ids(net):
+    """The image ids the net's data layer walks through, in order.
+
+    The project's data layers list them in `ids` (sequential and wrapping for
+    evaluation splits), which is how evaluation knows how many forward passes make a split.
+    """
+    layer = data_layer_object(net)
+    ids = getattr(layer, 'ids', None)
+    if ids is None:
+        raise UsageError(f'the data layer {type(layer).__name__} does not list its '
+                         f'image ids (`ids`), so the split length is unknown')
+    return [str(i) for i in ids]
+
+
+def load_net(prototxt, weights=None, phase='test', data_updates=None):
+    """A caffe.Net from a prototxt, with data-layer parameter updates applied to a copy."""
+    import caffe
+    net_param = read_net(prototxt)
+    if data_updates:
+        update_data_params(net_param, **data_updates)
+    if weights is not None and not Path(weights).is_file():
+        raise UsageError(f'weights file {weights} does not exist')
+    phase = caffe.TEST if phase == 'test' else caffe.TRAIN
+    with temporary_prototxt(net_param) as path:
+        if weights is None:
+            return caffe.Net(path, phase)
+        return caffe.Net(path, str(weights), phase)

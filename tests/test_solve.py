@@ -1,0 +1,157 @@
+"""solve.py on a tiny FCN: training with validation, logs, plots and atomic snapshots;
+SIGINT/SIGTERM snapshot and exit; resuming continues at the snapshot's iteration."""
+import csv
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import caffe
+
+import netfiles
+import solve
+import stress
+import surgery
+
+caffe.set_mode_cpu()
+SOLVE_DIR = Path(solve.__file__).resolve().parent
+
+
+def tiny_stage(tmp_path, **settings):
+    solver = stress.write_model(tmp_path / 'model', max_iter=20, snapshot=10)
+    return solve.Stage(name='tiny', solver=solver, run_dir=tmp_path / 'run',
+                       heads=stress.heads(), **settings)
+
+
+def log_iterations(run_dir):
+    with open(run_dir / 'train_log.csv', newline='') as f:
+        return [int(row['iteration']) for row in csv.DictReader(f)]
+
+
+def params_of(weights):
+    return {layer.name: [np.array(blob.data) for blob in layer.blobs]
+            for layer in solve.parse_weights(weights).layer if layer.blobs}
+
+
+def test_training_validates_logs_and_snapshots(tmp_path, capsys):
+    stage = tiny_stage(tmp_path)
+    assert solve.train(stage, solve.StopRequest())
+    run = stage.run_dir
+    states = sorted((run / 'snapshots').glob('*.solverstate'))
+    assert [solve.snapshot_iteration(s) for s in states] == [10, 20]
+    assert (run / 'final.caffemodel').read_bytes() == \
+        (run / 'snapshots' / 'tiny_iter_20.caffemodel').read_bytes()
+    assert not any((run / solve.SCRATCH_DIR).iterdir())  # nothing half-written left
+    assert log_iterations(run) == list(range(1, 21))
+    validations = json.loads((run / 'val_log.json').read_text())
+    assert [v['iteration'] for v in validations] == [10, 20]
+    assert 0 <= validations[-1]['label']['mean_iu'] <= 1
+    assert validations[-1]['label']['n_images'] == 6
+    for plot in ('loss.png', 'mean_iu.png'):
+        assert (run / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # Caffe is given absolute net paths and never snapshots by itself
+    param = netfiles.read_solver(run / 'solver.prototxt')
+    assert Path(param.train_net).is_absolute() and param.snapshot == 0
+    # upsampling was filled with bilinear kernels and stayed fixed (lr_mult 0)
+    upscore = params_of(run / 'final.caffemodel')['upscore'][0].reshape(3, 3, 4, 4)
+    np.testing.assert_allclose(upscore[1, 1], surgery.upsample_filter(4))
+    assert not upscore[0, 1].any()
+    # the state names its weights by bare name: the run folder can move
+    from caffe.proto import caffe_pb2
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(states[-1].read_bytes())
+    assert state.learned_net == 'tiny_iter_20.caffemodel' and state.iter == 20
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signum):
+    solver = stress.write_model(tmp_path / 'model', max_iter=100000, snapshot=100000)
+    child = textwrap.dedent(f'''
+        import sys, caffe, solve, stress
+        caffe.set_mode_cpu()
+        stage = solve.Stage(name='tiny', solver={str(solver)!r}, run_dir={str(tmp_path / 'run')!r},
+                            heads=stress.heads(), test_every=0)
+        sys.exit(solve.run(stage))
+    ''')
+    process = subprocess.Popen([sys.executable, '-c', child], cwd=SOLVE_DIR,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / 'run' / 'train_log.csv'
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not log.exists() or
+                                           len(log.read_text().splitlines()) < 30):
+        time.sleep(0.05)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    assert 'stopped by' in out
+    state = solve.latest_snapshot(tmp_path / 'run')
+    stopped_at = solve.snapshot_iteration(state)
+    assert stopped_at >= 29
+    assert log_iterations(tmp_path / 'run')[-1] == stopped_at
+
+    stage = solve.Stage(name='tiny', solver=solver, run_dir=tmp_path / 'run',
+                        heads=stress.heads(), resume=state, steps=5, test_every=0)
+    solver_obj, original = solve.build_solver(stage)
+    trainer = solve.Trainer(solver_obj, stage, 0, original)
+    trainer.start()
+    assert solver_obj.iter == stopped_at
+    saved = params_of(state.with_suffix('.caffemodel'))
+    for name, blobs in saved.items():
+        for blob, restored in zip(blobs, solver_obj.net.params[name]):
+            np.testing.assert_array_equal(blob, restored.data.ravel())
+    assert trainer.run(solve.StopRequest())
+    assert solver_obj.iter == stopped_at + 5
+    assert log_iterations(tmp_path / 'run') == list(range(1, stopped_at + 6))
+
+
+def test_keep_snapshots_and_resume_auto(tmp_path):
+    stage = tiny_stage(tmp_path, keep_snapshots=1, snapshot_every=5, test_every=0)
+    assert solve.train(stage, solve.StopRequest())
+    states = list((stage.run_dir / 'snapshots').glob('*'))
+    assert sorted(p.name for p in states) == ['tiny_iter_20.caffemodel',
+                                              'tiny_iter_20.solverstate']
+    assert solve.latest_snapshot(stage.run_dir) == stage.run_dir / 'snapshots' / \
+        'tiny_iter_20.solverstate'
+    assert solve.latest_snapshot(tmp_path / 'elsewhere') is None
+
+
+def test_initial_weights_follow_the_model_table(tmp_path, monkeypatch):
+    from models.specs import MODELS
+    monkeypatch.setattr(netfiles, 'RUNS_DIR', tmp_path / 'runs')
+    monkeypatch.setattr(solve, 'WEIGHTS_DIR', tmp_path / 'weights')
+    with pytest.raises(netfiles.UsageError, match=r'train voc-fcn32s first \(`make voc-fcn32s`\)'):
+        solve.init_weights(MODELS['voc-fcn16s'])
+    with pytest.raises(netfiles.UsageError, match='vgg16-fcn.caffemodel, which does not exist'):
+        solve.init_weights(MODELS['voc-fcn32s'])
+    for name in ('nyud-fcn32s-color', 'nyud-fcn32s-hha'):
+        (tmp_path / 'runs' / name).mkdir(parents=True)
+        (tmp_path / 'runs' / name / 'final.caffemodel').write_bytes(b'')
+    fused = solve.init_weights(MODELS['nyud-fcn32s-color-hha'])
+    assert [modality for _, modality in fused] == ['color', 'hha']
+    assert fused[0][0] == tmp_path / 'runs' / 'nyud-fcn32s-color' / 'final.caffemodel'
+    assert solve.init_weights(MODELS['toy-vgg16']) == ()
+    assert solve.init_weights(MODELS['voc-fcn32s'], 'mine.caffemodel') == \
+        ((Path('mine.caffemodel'), ''),)
+
+
+def test_command_line_errors_are_clear():
+    with pytest.raises(netfiles.UsageError, match='--steps 0 is out of range'):
+        solve.main(['voc-fcn32s', '--steps', '0'])
+    with pytest.raises(netfiles.UsageError, match="unknown model 'voc-fcn64s'"):
+        solve.main(['voc-fcn64s'])
+
+
+def test_divergence_stops_cleanly_instead_of_corrupting_the_heap(tmp_path):
+    """A far too high learning rate turns the weights NaN; Caffe's CPU max pooling would
+    then write before its buffer and the process would die in free() at exit. solve.py
+    stops the step first, with a clear error (in a fresh process: the heap is at stake)."""
+    code, _, ended, crashes = stress.run_one(tmp_path, 'diverging', 400)
+    assert (code, ended, crashes) == (1, 'diverged', [])
+    assert not (tmp_path / 'run' / 'final.caffemodel').exists()
+    assert 'nan' not in (tmp_path / 'run' / 'train_log.csv').read_text()  # stopped in time
