@@ -11,6 +11,11 @@ The result lands in `<cache>/<key>/` where the key hashes the source, the patch 
 cmake flags and the Python/numpy versions, so a fresh clone reuses a finished build and
 only a changed key rebuilds. A lock keeps two builds of one key from colliding. When run
 from a virtualenv, a `.pth` file in its site-packages makes `import caffe` find the build.
+
+`--cuda "70 75 80 86 89 90"` (or FCN_CAFFE_CUDA) builds for NVIDIA GPUs instead: CPU_ONLY
+off, NCCL on for multi-GPU training, cuDNN off (Caffe's own CUDA kernels; BVLC Caffe calls
+cuDNN functions that cuDNN 8 removed). cuBLAS, cuRAND and NCCL are taken from the CUDA
+toolkit and system folders, or from `--cuda-libs` prefixes such as pip wheels' folders.
 """
 
 import argparse
@@ -50,6 +55,15 @@ OPTIONAL_FEATURES = {
     'opencv': ('USE_OPENCV', ['libopencv-dev']),
     'leveldb': ('USE_LEVELDB', ['libleveldb-dev', 'libsnappy-dev']),
     'lmdb': ('USE_LMDB', ['liblmdb-dev']),
+}
+
+
+# What a GPU build links beyond the CUDA runtime: library -> (its header, the cmake cache
+# entry naming the library file, the entry naming its include folder if Caffe has one).
+CUDA_LIBRARIES = {
+    'cublas': ('cublas_v2.h', 'CUDA_cublas_LIBRARY', None),
+    'curand': ('curand.h', 'CUDA_curand_LIBRARY', None),
+    'nccl': ('nccl.h', 'NCCL_LIBRARIES', 'NCCL_INCLUDE_DIR'),
 }
 
 
@@ -259,7 +273,8 @@ def apply_patches(tree, log):
 
 # --- configure, build, install ------------------------------------------------------
 
-def cmake_flags(python, features, extra):
+def cmake_flags(python, features, extra, cuda=None):
+    """The cmake cache entries of a build; `cuda` (from `cuda_flags`) makes it a GPU build."""
     flags = {
         'CMAKE_BUILD_TYPE': 'Release',
         'CPU_ONLY': 'ON',
@@ -275,12 +290,67 @@ def cmake_flags(python, features, extra):
     }
     for feature, (option, _) in OPTIONAL_FEATURES.items():
         flags[option] = 'ON' if feature in features else 'OFF'
+    flags.update(cuda or {})
     for item in extra:
         name, sep, value = item.partition('=')
         if not sep:
             raise BuildError(f'--cmake {item!r}: expected NAME=VALUE')
         flags[name] = value
     return flags
+
+
+def cuda_flags(archs, ptx=None, lib_prefixes=()):
+    """cmake entries for a GPU build: real architectures `archs` ("70 75 ...") plus PTX for
+    `ptx` (default: the newest of them) so that newer GPUs JIT-compile it."""
+    bins = archs.replace(',', ' ').split()
+    if not bins or not all(arch.isdigit() for arch in bins + [ptx or '0']):
+        raise BuildError(f'--cuda {archs!r} --cuda-ptx {ptx!r}: expected compute capabilities '
+                         'without dots, e.g. --cuda "70 75 80 86 89 90" --cuda-ptx 90')
+    flags = {
+        'CPU_ONLY': 'OFF',
+        'USE_CUDNN': 'OFF',
+        'USE_NCCL': 'ON',
+        'CUDA_ARCH_NAME': 'Manual',
+        'CUDA_ARCH_BIN': ' '.join(bins),
+        'CUDA_ARCH_PTX': ptx or max(bins, key=int),
+    }
+    include_dirs, used = [], set()
+    for name, (header, library_entry, include_entry) in CUDA_LIBRARIES.items():
+        found = find_cuda_library(name, header, lib_prefixes)
+        if found is None:
+            continue  # cmake looks in the CUDA toolkit and the system folders
+        prefix, library = found
+        used.add(prefix)
+        flags[library_entry] = str(library)
+        if include_entry:
+            flags[include_entry] = str(prefix / 'include')
+        elif prefix / 'include' not in include_dirs:
+            include_dirs.append(prefix / 'include')
+    unused = [str(p) for p in map(Path, lib_prefixes) if p not in used]
+    if unused:
+        raise BuildError(f'--cuda-libs {" ".join(unused)}: holds none of '
+                         f'{", ".join(CUDA_LIBRARIES)} as include/<header> and lib/lib<name>.so* '
+                         "(expected e.g. a pip wheel's nvidia/cu13 or nvidia/nccl folder)")
+    if include_dirs:
+        # Host code (common.hpp) and nvcc both include cublas_v2.h and curand.h.
+        flags['CMAKE_CXX_FLAGS'] = ' '.join(f'-isystem {d}' for d in include_dirs)
+        flags['CUDA_NVCC_FLAGS'] = ';'.join(f'-isystem;{d}' for d in include_dirs)
+    return flags
+
+
+def find_cuda_library(name, header, prefixes):
+    """(prefix, library file) of `name` from the first prefix holding it and its header.
+
+    Wheels ship only the versioned file (libcublas.so.13): linking that by its full path
+    records its soname, so no unversioned link is needed."""
+    for prefix in map(Path, prefixes):
+        if not (prefix / 'include' / header).is_file():
+            continue
+        for libdir in ('lib', 'lib64'):
+            files = sorted((prefix / libdir).glob(f'lib{name}.so*'), key=lambda f: len(f.name))
+            if files:
+                return prefix, files[0]
+    return None
 
 
 def build_key(identity, flags, python):
@@ -368,8 +438,11 @@ def install_pth(pythonpath):
     if sys.prefix == sys.base_prefix:
         say(f'not in a virtualenv: add {pythonpath} to PYTHONPATH to import caffe')
         return
-    site = Path(sysconfig.get_paths()['purelib'])
-    write_atomically(site / PTH_NAME, f'{pythonpath}\n')
+    pth = Path(sysconfig.get_paths()['purelib']) / PTH_NAME
+    # Left as is when current, so that a venv its user cannot write to (the Docker image
+    # run under another uid) still works.
+    if not pth.exists() or pth.read_text() != f'{pythonpath}\n':
+        write_atomically(pth, f'{pythonpath}\n')
 
 
 def parse_args(argv):
@@ -386,6 +459,16 @@ def parse_args(argv):
     parser.add_argument('--with', dest='features', action='append', default=[],
                         choices=sorted(OPTIONAL_FEATURES),
                         help='also build an optional Caffe feature (repeatable)')
+    parser.add_argument('--cuda', metavar='ARCHS', default=os.environ.get('FCN_CAFFE_CUDA') or None,
+                        help='build for NVIDIA GPUs of these compute capabilities, e.g. '
+                             '"70 75 80 86 89 90" (CPU_ONLY off, NCCL on, cuDNN off; '
+                             'default: env FCN_CAFFE_CUDA, else a CPU-only build)')
+    parser.add_argument('--cuda-ptx', metavar='ARCH',
+                        help='embed PTX for this compute capability (default: the newest '
+                             'of --cuda), so that newer GPUs compile it at load time')
+    parser.add_argument('--cuda-libs', action='append', default=[], type=Path, metavar='DIR',
+                        help='a folder with include/ and lib/ of cuBLAS, cuRAND or NCCL outside '
+                             "the CUDA toolkit, e.g. a pip wheel's nvidia/cu13 (repeatable)")
     parser.add_argument('--cmake', action='append', default=[], metavar='NAME=VALUE',
                         help='extra cmake cache entry; part of the cache key (repeatable)')
     parser.add_argument('-j', '--jobs', type=int, default=os.cpu_count() or 1)
@@ -393,6 +476,9 @@ def parse_args(argv):
                         help='build again even if the cache holds this key')
     parser.add_argument('--no-pth', action='store_true',
                         help='do not point the running virtualenv at the build')
+    parser.add_argument('--patches', type=Path, default=PATCH_DIR, metavar='DIR',
+                        help='the folder of *.patch files to apply, for trying a patch set '
+                             '(default: %(default)s); part of the cache key')
     parser.add_argument('--info', action='store_true',
                         help='print the build record (JSON) of the build in use')
     parser.add_argument('--test', action='store_true',
@@ -402,8 +488,15 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    global PATCH_DIR
+    PATCH_DIR = args.patches.resolve()
+    if not PATCH_DIR.is_dir():
+        raise BuildError(f'--patches {args.patches}: no such folder')
     python = python_info()
-    flags = cmake_flags(python, args.features, args.cmake)
+    if (args.cuda_ptx or args.cuda_libs) and not args.cuda:
+        raise BuildError('--cuda-ptx and --cuda-libs need --cuda ARCHS (or FCN_CAFFE_CUDA)')
+    cuda = cuda_flags(args.cuda, args.cuda_ptx, args.cuda_libs) if args.cuda else None
+    flags = cmake_flags(python, args.features, args.cmake, cuda)
     packages = SYSTEM_PACKAGES + [p for f in args.features for p in OPTIONAL_FEATURES[f][1]]
     key = build_key(source_identity(args.src), flags, python)
     record = args.cache / key / 'build-info.json'
