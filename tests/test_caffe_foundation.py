@@ -68,3 +68,21 @@ def test_python_layer_forward_and_backward_on_cpu(tmp_path):
         for j in range(3):
             expected[:, i, j] = 3.0 * padded[:, :, i:i + 9, j:j + 7].sum(axis=(0, 2, 3))
     assert np.allclose(net.params['conv'][0].diff, expected[None], rtol=1e-4)
+
+
+def test_max_pooling_backward_stays_inside_its_buffer_on_nan_windows(tmp_path):
+    """A window of NaNs has no maximum; its gradient must not land in a neighbour's memory
+    (unpatched Caffe adds it at index -1: here, the last pixel of the previous channel)."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 2, 2, 2]))
+    n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    proto = tmp_path / 'pool.prototxt'
+    proto.write_text('force_backward: true\n' + str(n.to_proto()))
+    net = caffe.Net(str(proto), caffe.TRAIN)
+    net.blobs['data'].data[0, 0] = [[4.0, 1.0], [2.0, 3.0]]
+    net.blobs['data'].data[0, 1] = np.nan
+    net.forward()
+    net.blobs['pool'].diff[...] = 1.0
+    net.backward()
+    assert net.blobs['data'].diff[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    assert not net.blobs['data'].diff[0, 1].any()
