@@ -1,0 +1,324 @@
+"""Benchmark Caffe's CPU path against PyTorch on an FCN, with random weights.
+
+Both frameworks get the same weights and input, and must agree before any time is taken:
+outputs and loss to a relative difference of 1e-4, training gradients to 1e-2 in norm
+(see relative_difference).
+Each subject runs in its own process, so peak memory is its own; runs alternate
+(Caffe, PyTorch, SGEMM, Caffe, ...) so that load from elsewhere hits all alike, and the
+figures are medians. Writes runs/bench/results.json and prints a table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import nets, report
+
+TOLERANCE = 1e-4
+GRADIENT_TOLERANCE = 1e-2
+DEFAULT_OUT = nets.REPO / 'runs' / 'bench' / 'results.json'
+SEED = 1337
+
+
+def say(message):
+    print(f'bench: {message}', file=sys.stderr, flush=True)
+
+
+class Worker:
+    """A `bench.worker` process and its request/reply pipe."""
+
+    def __init__(self, kind, config, env):
+        self.kind = kind
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'bench.worker', kind, json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            cwd=nets.REPO)
+        self.baseline_mb = self._reply()['baseline_mb']
+
+    def _reply(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f'bench: the {self.kind} worker died (exit '
+                             f'{self.process.wait()}); its error is above')
+        reply = json.loads(line)
+        if 'error' in reply:
+            self.close()
+            raise SystemExit(f'bench: the {self.kind} worker failed:\n{reply["error"]}')
+        return reply
+
+    def request(self, cmd, **args):
+        self.process.stdin.write(json.dumps({'cmd': cmd, **args}) + '\n')
+        self.process.stdin.flush()
+        return self._reply()
+
+    def run(self):
+        return self.request('run')['seconds']
+
+    def info(self):
+        info = self.request('info')['result']
+        info['baseline_mb'] = self.baseline_mb
+        return info
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+
+def relative_difference(name, a, b):
+    """How far Caffe's array `a` and PyTorch's `b` differ, relative to `a`'s scale.
+
+    Outputs: the largest difference over the largest value. Gradients: the norms of the
+    difference and of `a`, because a few ReLU inputs within rounding of zero fall on
+    different sides in the two frameworks and route some gradient differently (seen: one
+    of fc6's 786k units at 3.6e-7), which moves single entries of the lower layers'
+    gradients by about 1e-3 while the whole stays within 1e-3.
+    """
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    if name.startswith('grad:'):
+        scale, difference = np.linalg.norm(a), np.linalg.norm(a - b)
+    else:
+        scale, difference = np.abs(a).max(), np.abs(a - b).max()
+    return float(difference / scale) if scale else float(difference)
+
+
+def tolerance(name):
+    return GRADIENT_TOLERANCE if name.startswith('grad:') else TOLERANCE
+
+
+def relative_differences(reference_path, other_path):
+    """relative_difference of each array two dumps share; their names must match."""
+    with np.load(reference_path) as reference, np.load(other_path) as other:
+        if sorted(reference.files) != sorted(other.files):
+            raise SystemExit(f'bench: the frameworks dumped different arrays: '
+                             f'{sorted(reference.files)} vs {sorted(other.files)}')
+        differences = {}
+        for name in reference.files:
+            if reference[name].shape != other[name].shape:
+                raise SystemExit(f'bench: {name} has shape {reference[name].shape} in Caffe, '
+                                 f'{other[name].shape} in PyTorch')
+            differences[name] = relative_difference(name, reference[name], other[name])
+    return differences
+
+
+def check(name, caffe, torch, scratch):
+    paths = [scratch / f'{name}-{worker.kind}.npz' for worker in (caffe, torch)]
+    for worker, path in zip((caffe, torch), paths):
+        worker.request('dump', path=str(path))
+    differences = relative_differences(*paths)
+    for path in paths:
+        path.unlink()
+    worst = max(differences, key=lambda key: differences[key] / tolerance(key))
+    say(f'check {name}: largest relative difference for its tolerance '
+        f'{differences[worst]:.1e} ({worst})')
+    if differences[worst] > tolerance(worst):
+        raise SystemExit(f'bench: Caffe and PyTorch disagree on {worst} of the {name} '
+                         f'check: relative difference {differences[worst]:.2e} > '
+                         f'{tolerance(worst):.0e}; no time is reported')
+    return differences
+
+
+def alternate(workers, rounds, loads, progress=True):
+    """Seconds of `rounds` runs of each worker, taken in turn after one warm-up run each."""
+    for worker in workers:
+        worker.run()
+    samples = {worker.kind: [] for worker in workers}
+    for index in range(rounds):
+        for worker in workers:
+            samples[worker.kind].append(worker.run())
+        loads.append(os.getloadavg()[0])
+        if progress:
+            say(f'round {index + 1}/{rounds}: ' + ', '.join(
+                f'{kind} {seconds[-1]:.3f} s' for kind, seconds in samples.items()))
+    return samples
+
+
+def finish(workers, samples):
+    """Close the workers of one part, keeping their samples, process figures and the FLOPs
+    that the first (Caffe's) counted."""
+    infos = {}
+    for worker in workers:
+        infos[worker.kind] = worker.info()
+        worker.close()
+    return {'samples': samples, 'flops': infos[workers[0].kind]['flops'], 'infos': infos}
+
+
+def compared(part, sgemm_flops):
+    """Medians, GFLOP/s, memory and the Caffe/PyTorch ratio of a finished part."""
+    figures = {'sgemm': report.summarize(part['samples']['sgemm'], sgemm_flops)}
+    limit = (part['samples']['sgemm'], sgemm_flops)
+    for kind, info in part['infos'].items():
+        summary = report.summarize(part['samples'][kind], part['flops'], limit)
+        summary.update(peak_mb=round(info['peak_mb']), baseline_mb=round(info['baseline_mb']))
+        summary['process'] = {key: info[key] for key in
+                              ('libraries', 'openblas', 'torch', 'caffe', 'caffe_build')
+                              if key in info}
+        figures[kind.split('-')[0]] = summary
+    figures['ratio'] = report.ratio(figures['caffe']['samples_s'],
+                                    figures['torch']['samples_s'])
+    return figures
+
+
+def machine():
+    model = next((line.split(':', 1)[1].strip() for line in
+                  Path('/proc/cpuinfo').read_text().splitlines()
+                  if line.startswith('model name')), platform.processor())
+    return {'cpu': model, 'cores': os.cpu_count(), 'system': platform.platform(),
+            'python': platform.python_version(),
+            'blas_env': {key: value for key, value in os.environ.items()
+                         if key.startswith(('OPENBLAS', 'OMP_', 'MKL_', 'GOMP', 'BLIS'))}}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog='python -m bench', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model-dir', type=Path, default=nets.DEFAULT_MODEL_DIR,
+                        help='generated model folder with deploy/train/solver.prototxt '
+                             '(default: %(default)s)')
+    parser.add_argument('--size', default='500x375', metavar='WxH',
+                        help='input width x height (default: %(default)s, a typical VOC image)')
+    parser.add_argument('--rounds', type=int, default=5,
+                        help='timed runs of each subject, alternating (default: %(default)s)')
+    parser.add_argument('--threads', type=int,
+                        help='threads for BLAS, OpenMP and PyTorch (default: their own)')
+    parser.add_argument('--parts', nargs='+', choices=('forward', 'train', 'data'),
+                        default=['forward', 'train', 'data'], help='what to measure')
+    parser.add_argument('--layers', action='store_true',
+                        help="also time each of Caffe's forward layers")
+    parser.add_argument('--data-images', type=int, default=20,
+                        help='fixture images the data layer reads (default: %(default)s)')
+    parser.add_argument('--sgemm-size', type=int, default=4096, metavar='N',
+                        help='side of the square matrices of the SGEMM limit '
+                             '(default: %(default)s)')
+    parser.add_argument('--out', type=Path, default=DEFAULT_OUT,
+                        help='results file (default: %(default)s)')
+    args = parser.parse_args(argv)
+    try:
+        args.width, args.height = (int(side) for side in args.size.lower().split('x'))
+    except ValueError:
+        parser.error(f'--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 500x375')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    files = nets.model_files(args.model_dir)
+    env = dict(os.environ, GLOG_minloglevel=os.environ.get('GLOG_minloglevel', '2'),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(nets.REPO),
+                                                       os.environ.get('PYTHONPATH')])))
+    if args.threads:
+        for key in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
+            env[key] = str(args.threads)
+    if 'forward' in args.parts or 'train' in args.parts:
+        import importlib.util
+        if importlib.util.find_spec('torch') is None:
+            raise SystemExit('bench: PyTorch is not installed: `make bench` installs it '
+                             '(pip install torch==2.13.0, a CPU build) into the virtualenv')
+    results = {'model': args.model_dir.name, 'width': args.width, 'height': args.height,
+               'rounds': args.rounds, 'threads': args.threads,
+               'tolerance': {'outputs': TOLERANCE, 'gradients': GRADIENT_TOLERANCE},
+               'command': ' '.join(['python -m bench', *(argv or sys.argv[1:])]),
+               'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'machine': machine(),
+               'load': {'start': os.getloadavg(), 'rounds': []}, 'checks': {}}
+    with tempfile.TemporaryDirectory(prefix='bench-') as scratch:
+        scratch = Path(scratch)
+        inputs = scratch / 'inputs.npz'
+        np.savez(inputs, data=nets.random_image(args.width, args.height, SEED))
+        train = scratch / 'train.prototxt'
+        nets.write_message(nets.input_fed(nets.read_net(files['train']), {
+            'data': (1, 3, args.height, args.width), 'label': (1, 1, args.height, args.width)}),
+            train)
+        config = {'deploy': str(files['deploy']), 'train': str(train),
+                  'solver': str(files['solver']), 'inputs': str(inputs),
+                  'weights': str(scratch / 'weights.npz'), 'seed': SEED,
+                  'threads': args.threads, 'scratch': str(scratch), 'compare': [],
+                  'sgemm_size': args.sgemm_size}
+        measure(args, config, env, scratch, results)
+    results['load']['end'] = os.getloadavg()
+    report.write_json(args.out, results)
+    print(report.table(results))
+    if 'layers' in results:
+        print(report.layer_table(results['layers']['rows'], results['layers']['sgemm_gflops']))
+    say(f'wrote {args.out}')
+
+
+def measure(args, config, env, scratch, results):
+    if 'forward' in args.parts or 'train' in args.parts:
+        measure_frameworks(args, config, env, scratch, results)
+    if 'data' in args.parts:
+        results['data'] = measure_data(args, config, env, results.get('train'))
+
+
+def measure_frameworks(args, config, env, scratch, results):
+    """Check the frameworks agree, then time them and the SGEMM limit in alternation."""
+    loads = results['load']['rounds']
+    sgemm = Worker('sgemm', config, env)
+    finished = {}
+    # The Caffe forward worker writes the random weights every other subject loads.
+    caffe, torch = (Worker(kind, config, env) for kind in ('caffe-forward', 'torch-forward'))
+    results['checks']['forward'] = check('forward', caffe, torch, scratch)
+    config['compare'] = sorted(results['checks']['forward'])
+    # The training label takes the classes of the net's (first) score output.
+    classes = caffe.info()['outputs'][config['compare'][0]][1]
+    with np.load(config['inputs']) as inputs:
+        image = inputs['data']
+    np.savez(config['inputs'], data=image,
+             label=nets.random_label(args.width, args.height, classes, SEED))
+    if 'forward' in args.parts:
+        say('timing forward passes')
+        samples = alternate([caffe, torch, sgemm], args.rounds, loads)
+        if args.layers:
+            # Per-layer times come from one more pass, so their limit is taken around it.
+            before = sgemm.run()
+            rows = caffe.request('layers')['result']
+            limit = 2 * sgemm.info()['flops'] / (before + sgemm.run()) / report.GIGA
+            results['layers'] = {'rows': rows, 'sgemm_gflops': round(limit, 1)}
+        finished['forward'] = finish([caffe, torch], samples)
+    else:
+        caffe.close()
+        torch.close()
+    if 'train' in args.parts:
+        checkers = [Worker(kind, config, env) for kind in ('caffe-check', 'torch-check')]
+        results['checks']['train'] = check('train', *checkers, scratch)
+        for worker in checkers:
+            worker.close()
+        trainers = [Worker(kind, config, env) for kind in ('caffe-train', 'torch-train')]
+        say('timing training iterations')
+        samples = alternate([*trainers, sgemm], args.rounds, loads)
+        finished['train'] = finish(trainers, samples)
+    sgemm_info = sgemm.info()
+    sgemm.close()
+    results['sgemm'] = {'size': args.sgemm_size, 'openblas': sgemm_info['openblas']}
+    for name, part in finished.items():
+        results[name] = compared(part, sgemm_info['flops'])
+
+
+def measure_data(args, config, env, train):
+    """Median seconds for the project's VOC data layer to deliver one image and label."""
+    config = dict(config, images=args.data_images, width=args.width, height=args.height)
+    try:
+        worker = Worker('data', config, env)
+    except SystemExit as error:
+        say(f'data layer not measured: {error}')
+        return {'unavailable': str(error).strip().splitlines()[-1]}
+    say(f'timing the data layer over {2 * args.data_images} images')
+    samples = alternate([worker], 2 * args.data_images, [], progress=False)['data']
+    worker.close()
+    figures = report.summarize(samples)
+    figures['images_per_s'] = round(1 / figures['median_s'], 1)
+    if train:
+        figures['of_train_iteration'] = round(
+            figures['median_s'] / train['caffe']['median_s'], 4)
+    return figures
+
+
+if __name__ == '__main__':
+    main()

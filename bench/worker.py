@@ -1,0 +1,375 @@
+"""One benchmarked subject in its own process, driven by `bench.__main__` over a pipe.
+
+`python -m bench.worker KIND CONFIG_JSON` sets the subject up, then answers one JSON
+request per stdin line with one JSON reply on its stdout: {"cmd": "run"} times one
+iteration, {"cmd": "dump", "path": ...} writes the arrays the frameworks are compared on,
+{"cmd": "info"} reports peak memory, FLOPs and the libraries in use. A process per subject
+keeps each one's peak memory its own and lets the driver alternate subjects run by run.
+"""
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from bench import nets
+from bench.flops import net_flops
+
+# Gradients of the (few) parameter blobs of at most this many values are compared: all of
+# them but fc6/fc7's weights, which would only make the dumps big.
+CHECKED_GRADIENT_SIZE = 4 << 20
+
+
+def rss_mb(field='VmRSS'):
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f'no {field} in /proc/self/status')
+
+
+def loaded_libraries():
+    """The BLAS/OpenMP libraries mapped into this process (what really runs)."""
+    names = set()
+    for line in Path('/proc/self/maps').read_text().splitlines():
+        path = line.split()[-1]
+        if any(word in path for word in ('blas', 'blis', 'mkl', 'gomp', 'iomp', 'dnnl')):
+            names.add(path)
+    return sorted(names)
+
+
+def openblas_threads():
+    """Thread count and kernel of each OpenBLAS in the process, via its own API."""
+    import ctypes
+    found = {}
+    for path in loaded_libraries():
+        if 'openblas' not in path:
+            continue
+        lib = ctypes.CDLL(path)
+        for prefix in ('', 'scipy_'):
+            try:
+                get_threads = getattr(lib, f'{prefix}openblas_get_num_threads')
+                corename = getattr(lib, f'{prefix}openblas_get_corename')
+            except AttributeError:
+                continue
+            corename.restype = ctypes.c_char_p
+            found[path] = {'threads': get_threads(), 'core': corename().decode()}
+    return found
+
+
+def checked_keys(net, weights, phase):
+    """Learned parameter blobs whose gradients the training check compares."""
+    keys = []
+    for layer in net.layer:
+        if not nets.in_phase(layer, phase):
+            continue
+        index = 0
+        while f'{layer.name}/{index}' in weights:
+            key = f'{layer.name}/{index}'
+            if nets.param_mults(layer, index)[0] > 0 and weights[key].size <= CHECKED_GRADIENT_SIZE:
+                keys.append(key)
+            index += 1
+    return keys
+
+
+def save_npz(path, arrays):
+    tmp = f'{path}.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+class Subject:
+    """What every subject shares: the config, the inputs, the weights file."""
+
+    def __init__(self, config):
+        self.config = config
+        self.inputs = dict(np.load(config['inputs']))
+
+    def weights(self):
+        return np.load(self.config['weights'])
+
+    def info(self):
+        return {'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                'libraries': loaded_libraries(), 'openblas': openblas_threads()}
+
+
+class CaffeSubject(Subject):
+    def __init__(self, config):
+        super().__init__(config)
+        import caffe
+        self.caffe = caffe
+        caffe.set_mode_cpu()
+
+    def load(self, net):
+        weights = self.weights()
+        for name, blobs in net.params.items():
+            for index, blob in enumerate(blobs):
+                blob.data[...] = weights[f'{name}/{index}']
+
+    def feed(self, net):
+        for name in net.inputs:
+            net.blobs[name].reshape(*self.inputs[name].shape)
+        net.reshape()
+        for name in net.inputs:
+            net.blobs[name].data[...] = self.inputs[name]
+
+    def shapes(self, net):
+        return {name: tuple(blob.data.shape) for name, blob in net.blobs.items()}
+
+    def info(self):
+        import caffe
+        info = super().info()
+        info['caffe'] = str(Path(caffe.__file__).parent)
+        record = next((parent / 'build-info.json' for parent in Path(caffe.__file__).parents
+                       if (parent / 'build-info.json').exists()), None)
+        if record:
+            build = json.loads(record.read_text())
+            info['caffe_build'] = {'key': build['key'], 'flags': build['flags']}
+        return info
+
+
+class CaffeForward(CaffeSubject):
+    """The deploy net's forward pass; creates the shared random weights."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.definition = nets.read_net(config['deploy'])
+        self.net = self.caffe.Net(config['deploy'], self.caffe.TEST)
+        self.feed(self.net)
+        if not Path(config['weights']).exists():
+            shapes = {f'{name}/{i}': blob.data.shape
+                      for name, blobs in self.net.params.items() for i, blob in enumerate(blobs)}
+            save_npz(config['weights'], nets.random_weights(shapes, config['seed']))
+        self.load(self.net)
+
+    def run(self):
+        self.net.forward()
+
+    def dump(self, path):
+        self.net.forward()
+        save_npz(path, {name: self.net.blobs[name].data for name in self.net.outputs})
+
+    def layers(self):
+        """Seconds of each layer's forward, with its FLOPs, in net order."""
+        flops = {name: forward for name, forward, _ in
+                 net_flops(self.definition, self.shapes(self.net), self.caffe.TEST)}
+        rows = []
+        for index, name in enumerate(self.net._layer_names):
+            started = time.perf_counter()
+            self.net._forward(index, index)
+            rows.append({'layer': name, 'seconds': time.perf_counter() - started,
+                         'flops': flops.get(name, 0)})
+        return rows
+
+    def info(self):
+        info = super().info()
+        info['flops'] = sum(row[1] for row in
+                            net_flops(self.definition, self.shapes(self.net), self.caffe.TEST))
+        info['outputs'] = {name: self.net.blobs[name].data.shape for name in self.net.outputs}
+        return info
+
+
+class CaffeTrain(CaffeSubject):
+    """One solver iteration (forward, backward, update) of the input-fed training net."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.definition = nets.read_net(config['train'])
+        solver = nets.solver_for(nets.read_solver(config['solver']), config['train'])
+        solver_path = Path(config['scratch']) / 'solver.prototxt'
+        nets.write_message(solver, solver_path)
+        self.solver = self.caffe.get_solver(str(solver_path))
+        self.feed(self.solver.net)
+        self.load(self.solver.net)
+
+    def run(self):
+        self.solver.step(1)
+
+    def info(self):
+        info = super().info()
+        info['flops'] = sum(forward + backward for _, forward, backward in
+                            net_flops(self.definition, self.shapes(self.solver.net),
+                                      self.caffe.TRAIN))
+        return info
+
+
+class CaffeCheck(CaffeSubject):
+    """Loss, scores and gradients of the training net with dropout off (TEST phase)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.definition = nets.read_net(config['train'])
+        self.net = self.caffe.Net(config['train'], self.caffe.TEST)
+        self.feed(self.net)
+        self.load(self.net)
+
+    def dump(self, path):
+        self.net.forward()
+        self.net.backward()
+        arrays = {f'blob:{name}': self.net.blobs[name].data
+                  for name in (*self.net.outputs, *self.config['compare'])}
+        for key in checked_keys(self.definition, self.weights(), self.caffe.TEST):
+            name, index = key.split('/')
+            arrays[f'grad:{key}'] = self.net.params[name][int(index)].diff
+        save_npz(path, arrays)
+
+
+class TorchSubject(Subject):
+    def __init__(self, config):
+        super().__init__(config)
+        import torch
+        self.torch = torch
+        if config.get('threads'):
+            torch.set_num_threads(config['threads'])
+        self.tensors = {name: torch.from_numpy(array) for name, array in self.inputs.items()}
+
+    def module(self, path, phase):
+        from bench.torchnet import CaffeNet
+        definition = nets.read_net(path)
+        return definition, CaffeNet(definition, self.weights(), phase)
+
+    def info(self):
+        info = super().info()
+        info['torch'] = {'version': self.torch.__version__,
+                         'threads': self.torch.get_num_threads(),
+                         'mkldnn': self.torch.backends.mkldnn.is_available()}
+        return info
+
+
+class TorchForward(TorchSubject):
+    def __init__(self, config):
+        super().__init__(config)
+        pb = nets.caffe_pb2()
+        self.definition, self.net = self.module(config['deploy'], pb.TEST)
+        self.outputs = [top for layer in self.definition.layer for top in layer.top
+                        if not any(top in other.bottom for other in self.definition.layer)]
+
+    def forward(self):
+        with self.torch.inference_mode():
+            return self.net({'data': self.tensors['data']})
+
+    def run(self):
+        self.forward()
+
+    def dump(self, path):
+        blobs = self.forward()
+        save_npz(path, {name: blobs[name].numpy() for name in self.outputs})
+
+
+class TorchTrain(TorchSubject):
+    def __init__(self, config):
+        super().__init__(config)
+        pb = nets.caffe_pb2()
+        solver = nets.read_solver(config['solver'])
+        self.definition, self.net = self.module(config['train'], pb.TRAIN)
+        self.optimizer = self.torch.optim.SGD(self.net.param_groups(solver), lr=solver.base_lr,
+                                              momentum=solver.momentum)
+
+    def run(self):
+        self.optimizer.zero_grad()
+        self.net.losses(self.net(self.tensors)).backward()
+        self.optimizer.step()
+
+
+class TorchCheck(TorchSubject):
+    def __init__(self, config):
+        super().__init__(config)
+        pb = nets.caffe_pb2()
+        self.phase = pb.TEST
+        self.definition, self.net = self.module(config['train'], self.phase)
+
+    def dump(self, path):
+        blobs = self.net(self.tensors)
+        loss = self.net.losses(blobs)
+        loss.backward()
+        outputs = [layer.top[0] for layer in self.net.layers if layer.type == 'SoftmaxWithLoss']
+        arrays = {f'blob:{name}': blobs[name].detach().numpy()
+                  for name in (*outputs, *self.config['compare'])}
+        for key in checked_keys(self.definition, self.weights(), self.phase):
+            arrays[f'grad:{key}'] = self.net.params[key].grad.numpy()
+        save_npz(path, arrays)
+
+
+class Sgemm(Subject):
+    """numpy's float32 GEMM of two square matrices: the machine's practical GEMM limit."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        rng = np.random.default_rng(0)
+        self.size = config['sgemm_size']
+        self.a, self.b = (rng.standard_normal((self.size, self.size), dtype=np.float32)
+                          for _ in range(2))
+
+    def run(self):
+        np.matmul(self.a, self.b)
+
+    def info(self):
+        info = super().info()
+        info['flops'] = 2 * self.size ** 3
+        info['numpy'] = np.__version__
+        return info
+
+
+class DataLayer(CaffeSubject):
+    """The project's VOC data layer reading a fixture set of VOC-sized JPEG + PNG pairs."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        from bench.dataload import data_layer_net
+        self.net = self.caffe.Net(str(data_layer_net(Path(config['scratch']), config)),
+                                  self.caffe.TRAIN)
+
+    def run(self):
+        self.net.forward()
+
+
+KINDS = {
+    'caffe-forward': CaffeForward, 'caffe-train': CaffeTrain, 'caffe-check': CaffeCheck,
+    'torch-forward': TorchForward, 'torch-train': TorchTrain, 'torch-check': TorchCheck,
+    'sgemm': Sgemm, 'data': DataLayer,
+}
+
+
+def serve(subject, requests, replies):
+    for line in requests:
+        request = json.loads(line)
+        command = request.pop('cmd')
+        try:
+            if command == 'run':
+                started = time.perf_counter()
+                subject.run()
+                reply = {'seconds': time.perf_counter() - started}
+            else:
+                reply = {'result': getattr(subject, command)(**request)}
+        except Exception:
+            reply = {'error': traceback.format_exc()}
+        replies.write(json.dumps(reply) + '\n')
+        replies.flush()
+
+
+def main(argv=None):
+    kind, config = (argv or sys.argv[1:])
+    # Replies go to the original stdout; anything a library prints goes to stderr instead.
+    replies = os.fdopen(os.dup(1), 'w')
+    os.dup2(2, 1)
+    try:
+        # The framework's own import is part of the baseline, not of the subject's memory.
+        __import__('torch' if kind.startswith('torch') else 'caffe' if kind != 'sgemm'
+                   else 'numpy')
+        baseline_mb = rss_mb()
+        subject = KINDS[kind](json.loads(config))
+    except Exception:
+        replies.write(json.dumps({'error': traceback.format_exc()}) + '\n')
+        return 1
+    replies.write(json.dumps({'ready': True, 'baseline_mb': baseline_mb}) + '\n')
+    replies.flush()
+    serve(subject, sys.stdin, replies)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The benchmark's own parts: FLOP counts, net rewriting, the PyTorch re-implementation,
+the comparison rule, the results table and the data-layer fixture (bench/).
+
+Tests that need PyTorch skip when it is absent: `make bench` installs it, `make test` not.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import caffe
+from caffe import layers as L, params as P
+from bench import dataload, nets, report
+from bench.__main__ import relative_difference
+from bench.flops import net_flops
+
+pb = nets.caffe_pb2()
+
+
+def tiny_fcn(train, classes=3, depth=0):
+    """A small net with every layer type the FCN nets use, in their configuration.
+
+    `depth` more 3x3 convolutions (with ReLUs) after pool1 shrink the random scores as the
+    VGG body does, below where Caffe's softmax loss clamps probabilities.
+    """
+    n = caffe.NetSpec()
+    learn = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+    if train:
+        n.data, n.label = L.Python(module='layers.voc', layer='VOCSegDataLayer', ntop=2,
+                                   param_str='{}')
+    else:
+        n.data = L.Input(shape=dict(dim=[1, 3, 20, 24]))
+    n.conv1 = L.Convolution(n.data, num_output=4, kernel_size=3, pad=5, param=learn)
+    n.relu1 = L.ReLU(n.conv1, in_place=True)
+    n.pool1 = L.Pooling(n.relu1, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    body = n.pool1
+    for index in range(depth):
+        conv = L.Convolution(body, num_output=4, kernel_size=3, pad=1, param=learn)
+        setattr(n, f'deep{index}', conv)
+        body = L.ReLU(conv, in_place=True)
+        setattr(n, f'deep{index}_relu', body)
+    n.conv2 = L.Convolution(body, num_output=6, kernel_size=3, pad=1, group=2, param=learn)
+    n.relu2 = L.ReLU(n.conv2, in_place=True)
+    n.drop2 = L.Dropout(n.relu2, dropout_ratio=0.5, in_place=True)
+    n.score_fr = L.Convolution(n.drop2, num_output=classes, kernel_size=1, param=learn)
+    n.up = L.Deconvolution(n.score_fr, param=[dict(lr_mult=0)], convolution_param=dict(
+        num_output=classes, kernel_size=4, stride=2, bias_term=False))
+    n.score_pool1 = L.Convolution(body, num_output=classes, kernel_size=1, param=learn)
+    n.upc = L.Crop(n.up, n.score_pool1, crop_param=dict(axis=2, offset=1))
+    n.fuse = L.Eltwise(n.upc, n.score_pool1, operation=P.Eltwise.SUM)
+    n.up2 = L.Deconvolution(n.fuse, param=[dict(lr_mult=0)], convolution_param=dict(
+        num_output=classes, kernel_size=4, stride=2, bias_term=False))
+    n.score = L.Crop(n.up2, n.data, crop_param=dict(axis=2, offset=3))
+    if train:
+        n.loss = L.SoftmaxWithLoss(n.score, n.label,
+                                   loss_param=dict(normalize=False, ignore_label=255))
+    return n.to_proto()
+
+
+def write_tiny_model(folder, depth):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / 'deploy.prototxt').write_text(str(tiny_fcn(False, depth=depth)))
+    (folder / 'train.prototxt').write_text(str(tiny_fcn(True, depth=depth)))
+    (folder / 'solver.prototxt').write_text(
+        'train_net: "train.prototxt"\ntest_net: "val.prototxt"\ntest_iter: 10\n'
+        'test_interval: 999999\nbase_lr: 1e-3\nlr_policy: "fixed"\nmomentum: 0.9\n'
+        'weight_decay: 0.0005\nsnapshot: 4000\nsnapshot_prefix: "snapshot/train"\n')
+    return folder
+
+
+def test_conv_geometry_reads_caffe_defaults_and_per_axis_fields():
+    conv = pb.ConvolutionParameter(kernel_size=[3], pad=[100])
+    assert nets.conv_geometry(conv) == ((3, 3), (1, 1), (100, 100), (1, 1), 1)
+    conv = pb.ConvolutionParameter(kernel_h=2, kernel_w=5, stride=[2, 3], dilation=[2],
+                                   group=4)
+    assert nets.conv_geometry(conv) == ((2, 5), (2, 3), (0, 0), (2, 2), 4)
+
+
+def test_flops_count_macs_and_caffe_backward_pruning():
+    net = tiny_fcn(True)
+    shapes = {'data': (1, 3, 20, 24), 'conv1': (1, 4, 28, 32), 'pool1': (1, 4, 14, 16),
+              'conv2': (1, 6, 14, 16), 'score_fr': (1, 3, 14, 16), 'up': (1, 3, 30, 34),
+              'score_pool1': (1, 3, 14, 16), 'upc': (1, 3, 14, 16), 'fuse': (1, 3, 14, 16),
+              'up2': (1, 3, 30, 34)}
+    rows = {name: (forward, backward) for name, forward, backward
+            in net_flops(net, shapes, pb.TRAIN)}
+    assert rows['conv1'][0] == 2 * 4 * 28 * 32 * 3 * 9
+    assert rows['conv2'][0] == 2 * 6 * 14 * 16 * (4 // 2) * 9
+    # A deconvolution reduces over its output channels for each input value.
+    assert rows['up'][0] == 2 * 3 * 14 * 16 * 3 * 16
+    # conv1 reads the data: a weight gradient but no input gradient; the fixed deconvolution:
+    # an input gradient only; the others both.
+    assert rows['conv1'][1] == rows['conv1'][0]
+    assert rows['up'][1] == rows['up'][0]
+    assert rows['conv2'][1] == 2 * rows['conv2'][0]
+    assert set(rows) == {'conv1', 'conv2', 'score_fr', 'up', 'score_pool1', 'up2'}
+
+
+def test_input_fed_replaces_the_data_layer_and_solver_for_drops_tests(tmp_path):
+    fed = nets.input_fed(tiny_fcn(True), {'data': (1, 3, 20, 24), 'label': (1, 1, 20, 24)})
+    first = fed.layer[0]
+    assert first.type == 'Input' and list(first.top) == ['data', 'label']
+    assert [list(shape.dim) for shape in first.input_param.shape] == [[1, 3, 20, 24],
+                                                                      [1, 1, 20, 24]]
+    assert not any(layer.type == 'Python' for layer in fed.layer)
+    with pytest.raises(ValueError, match='label'):
+        nets.input_fed(tiny_fcn(True), {'data': (1, 3, 20, 24)})
+    folder = write_tiny_model(tmp_path / 'tiny', depth=0)
+    solver = nets.solver_for(nets.read_solver(folder / 'solver.prototxt'), tmp_path / 't.pt')
+    assert solver.train_net == str(tmp_path / 't.pt')
+    assert not solver.test_net and not solver.test_iter and not solver.snapshot
+    assert solver.momentum == pytest.approx(0.9)
+
+
+def test_random_weights_are_seeded_and_scaled_by_fan_in():
+    shapes = {'conv/0': (64, 32, 3, 3), 'conv/1': (64,)}
+    first, again = nets.random_weights(shapes, 7), nets.random_weights(shapes, 7)
+    assert all(np.array_equal(first[key], again[key]) for key in shapes)
+    assert first['conv/0'].dtype == np.float32
+    assert first['conv/0'].std() == pytest.approx(1 / np.sqrt(32 * 9), rel=0.05)
+    assert (first['conv/1'] < 0).all()
+
+
+def test_relative_difference_uses_max_for_outputs_and_norm_for_gradients():
+    a = np.ones(10000, np.float32)
+    b = a.copy()
+    b[0] += 0.01
+    assert relative_difference('score', a, b) == pytest.approx(0.01, rel=1e-3)
+    assert relative_difference('grad:conv1/0', a, b) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_summaries_pair_rounds_and_the_table_and_json_show_them(tmp_path):
+    # Round 2 ran under load: paired with its own SGEMM round, it still counts as 50%.
+    summary = report.summarize([2.0, 4.0, 2.0], flops=4e9, sgemm=([1.0, 2.0, 1.0], 4e9))
+    assert summary['median_s'] == 2.0 and summary['gflops'] == 2.0
+    assert summary['of_sgemm'] == 0.5
+    assert report.ratio([2.0, 4.0, 2.0], [1.0, 2.0, 4.0]) == 2.0
+    part = {'caffe': dict(summary, peak_mb=300),
+            'torch': dict(report.summarize([1.0, 2.0, 4.0], 4e9), peak_mb=200),
+            'sgemm': report.summarize([1.0, 2.0, 1.0], 4e9), 'ratio': 2.0}
+    results = {'model': 'tiny', 'width': 24, 'height': 20, 'rounds': 3,
+               'load': {'start': (0.5, 0, 0), 'end': (0.7, 0, 0)}, 'machine': {'cores': 2},
+               'forward': part, 'sgemm': {'size': 4096},
+               'data': {'images_per_s': 50.0, 'median_s': 0.02, 'of_train_iteration': 0.01},
+               'checks': {'forward': {'score': 1e-6}},
+               'tolerance': {'outputs': 1e-4, 'gradients': 1e-2}}
+    text = report.table(results)
+    assert 'forward s' in text and '2.000' in text and '50%' in text and '1.50' in text
+    assert '(limit 4.0)' in text
+    assert '50.0 images/s' in text and 'within 1.0e-06' in text
+    layers = report.layer_table([{'layer': 'conv1', 'seconds': 0.5, 'flops': 25e9},
+                                 {'layer': 'pool1', 'seconds': 0.5, 'flops': 0}], 100.0)
+    assert [line.split()[-1] for line in layers.splitlines()[2:]] == ['50%', '-']
+    out = tmp_path / 'runs' / 'results.json'
+    report.write_json(out, results)
+    assert json.loads(out.read_text())['forward']['ratio'] == 2.0
+    assert [p.name for p in out.parent.iterdir()] == ['results.json']
+
+
+def test_voc_fixture_has_voc_layout_sizes_and_labels(tmp_path):
+    names = dataload.write_voc_fixture(tmp_path, 2, 50, 40, seed=1)
+    assert (tmp_path / 'ImageSets/Segmentation/bench.txt').read_text().split() == names
+    image = Image.open(tmp_path / 'JPEGImages' / f'{names[0]}.jpg')
+    assert image.format == 'JPEG' and image.size == (50, 40) and image.mode == 'RGB'
+    label = Image.open(tmp_path / 'SegmentationClass' / f'{names[0]}.png')
+    assert label.mode == 'P' and label.size == (50, 40)
+    values = set(np.unique(np.asarray(label)))
+    assert 255 in values and values <= set(range(21)) | {255}
+
+
+def test_torch_reimplementation_matches_caffe(tmp_path):
+    torch = pytest.importorskip('torch', reason='PyTorch is benchmark-only: `make bench` '
+                                                 'installs it')
+    from bench.torchnet import CaffeNet
+    definition = nets.input_fed(tiny_fcn(True), {'data': (1, 3, 20, 24),
+                                                 'label': (1, 1, 20, 24)})
+    path = tmp_path / 'train.prototxt'
+    nets.write_message(definition, path)
+    net = caffe.Net(str(path), caffe.TEST)
+    weights = nets.random_weights({f'{name}/{i}': blob.data.shape for name, blobs
+                                   in net.params.items() for i, blob in enumerate(blobs)}, 3)
+    for name, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            blob.data[...] = weights[f'{name}/{i}']
+    # Few layers keep the scores as large as the input: scaled down, no probability falls
+    # below the FLT_MIN that Caffe's loss clamps to, and both losses are the same sum.
+    inputs = {'data': 0.05 * nets.random_image(24, 20, seed=5),
+              'label': nets.random_label(24, 20, 3, seed=5)}
+    for name, array in inputs.items():
+        net.blobs[name].data[...] = array
+    net.forward()
+    net.backward()
+    module = CaffeNet(definition, weights, pb.TEST)
+    blobs = module({name: torch.from_numpy(array) for name, array in inputs.items()})
+    module.losses(blobs).backward()
+    np.testing.assert_allclose(blobs['score'].detach().numpy(), net.blobs['score'].data,
+                               rtol=1e-4, atol=1e-4 * np.abs(net.blobs['score'].data).max())
+    assert blobs['loss'].item() == pytest.approx(float(net.blobs['loss'].data), rel=1e-5)
+    for key in ('conv1/0', 'conv2/1', 'score_pool1/0'):
+        name, index = key.split('/')
+        assert relative_difference('grad:' + key, net.params[name][int(index)].diff,
+                                   module.params[key].grad.numpy()) < 1e-4
+    assert not module.params['up/0'].requires_grad
+    groups = module.param_groups(pb.SolverParameter(base_lr=0.1, weight_decay=0.5))
+    settings = sorted({(round(g['lr'], 6), round(g['weight_decay'], 6)) for g in groups})
+    assert settings == [(0.1, 0.5), (0.2, 0.0)]
+
+
+def test_end_to_end_on_a_tiny_net(tmp_path):
+    pytest.importorskip('torch', reason='PyTorch is benchmark-only: `make bench` installs it')
+    folder = write_tiny_model(tmp_path / 'tiny', depth=12)
+    out = tmp_path / 'results.json'
+    env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
+    done = subprocess.run(
+        [sys.executable, '-m', 'bench', '--model-dir', str(folder), '--size', '24x20',
+         '--rounds', '1', '--parts', 'forward', 'train', '--threads', '1', '--sgemm-size', '256',
+         '--out', str(out)],
+        capture_output=True, text=True, env=env, cwd=nets.REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    for part in ('forward', 'train'):
+        for framework in ('caffe', 'torch'):
+            assert results[part][framework]['peak_mb'] > results[part][framework]['baseline_mb']
+            assert results[part][framework]['median_s'] > 0
+        assert results[part]['ratio'] > 0
+    assert results['train']['caffe']['gflop'] > results['forward']['caffe']['gflop']
+    assert max(results['checks']['forward'].values()) <= 1e-4
+    assert 'forward+backward s' in done.stdout

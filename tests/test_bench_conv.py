@@ -1,0 +1,167 @@
+"""Caffe's CPU (de)convolutions against a direct numpy computation, and bit-for-bit the same
+whatever the number of OpenMP threads: what the performance patches to im2col/col2im and
+the column buffer (BENCHMARKS.md) must keep true.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import caffe
+from caffe import layers as L
+
+# (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation, group): FCN's 3x3 and
+# pad-100 convolutions, fc6's 7x7, 1x1 scores, strided and dilated and grouped variants.
+GEOMETRIES = [
+    (3, 3, 1, 1, 1, 1, 1, 1),
+    (3, 3, 1, 1, 9, 9, 1, 1),
+    (7, 7, 1, 1, 0, 0, 1, 1),
+    (1, 1, 1, 1, 0, 0, 1, 1),
+    (4, 4, 2, 2, 1, 1, 1, 1),
+    (2, 3, 2, 1, 0, 2, 1, 1),
+    (3, 3, 1, 1, 2, 2, 2, 1),
+    (3, 3, 2, 2, 1, 1, 1, 2),
+]
+# FCN's upsampling (kernel 2f, stride f, no padding) and the strided/dilated/grouped cases.
+DECONV_GEOMETRIES = [
+    (4, 4, 2, 2, 0, 0, 1, 1),
+    (16, 16, 8, 8, 0, 0, 1, 1),
+    (3, 3, 1, 1, 1, 1, 1, 1),
+] + GEOMETRIES[5:]
+CHANNELS, OUTPUTS, HEIGHT, WIDTH = 4, 6, 13, 17
+
+
+def conv_net(path, kind, geometry, channels=CHANNELS, height=HEIGHT, width=WIDTH):
+    kh, kw, sh, sw, ph, pw, dilation, group = geometry
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, channels, height, width]))
+    n.out = getattr(L, kind)(n.data, convolution_param=dict(
+        num_output=OUTPUTS, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, pad_h=ph,
+        pad_w=pw, dilation=dilation, group=group))
+    proto = n.to_proto()
+    proto.force_backward = True
+    path.write_text(str(proto))
+    return caffe.Net(str(path), caffe.TEST)
+
+
+def windows(shape, geometry, out_shape):
+    """For each kernel tap: the slices of the padded input that it reads."""
+    kh, kw, sh, sw, ph, pw, dilation, _ = geometry
+    for y in range(kh):
+        for x in range(kw):
+            rows = slice(y * dilation, y * dilation + sh * (out_shape[2] - 1) + 1, sh)
+            cols = slice(x * dilation, x * dilation + sw * (out_shape[3] - 1) + 1, sw)
+            yield y, x, (slice(None), slice(None), rows, cols)
+
+
+def conv_reference(x, w, b, dy, geometry, out_shape):
+    """Forward output and input/weight gradients of a convolution, in float64."""
+    _, _, _, _, ph, pw, _, group = geometry
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = np.zeros(out_shape) + b[None, :, None, None]
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    cin, cout = x.shape[1] // group, out_shape[1] // group
+    for ky, kx, window in windows(xp.shape, geometry, out_shape):
+        for g in range(group):
+            ins, outs = slice(g * cin, (g + 1) * cin), slice(g * cout, (g + 1) * cout)
+            patch = xp[window][:, ins]
+            y[:, outs] += np.einsum('oc,nchw->nohw', w[outs, :, ky, kx], patch)
+            dw[outs, :, ky, kx] += np.einsum('nohw,nchw->oc', dy[:, outs], patch)
+            grad = np.einsum('oc,nohw->nchw', w[outs, :, ky, kx], dy[:, outs])
+            dxp[(slice(None), ins) + window[2:]] += grad
+    return y, dxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]], dw
+
+
+def run_layer(net, rng):
+    arrays = {'x': rng.standard_normal(net.blobs['data'].data.shape)}
+    net.blobs['data'].data[...] = arrays['x']
+    for blob in net.params['out']:
+        blob.data[...] = rng.standard_normal(blob.data.shape)
+    net.forward()
+    arrays['dy'] = rng.standard_normal(net.blobs['out'].data.shape)
+    net.blobs['out'].diff[...] = arrays['dy']
+    net.backward()
+    return arrays
+
+
+def assert_close(actual, expected):
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize('geometry', GEOMETRIES)
+def test_convolution_matches_direct_computation(tmp_path, geometry):
+    net = conv_net(tmp_path / 'conv.prototxt', 'Convolution', geometry)
+    arrays = run_layer(net, np.random.default_rng(0))
+    weight, bias = (blob.data.astype(np.float64) for blob in net.params['out'])
+    y, dx, dw = conv_reference(arrays['x'], weight, bias, arrays['dy'], geometry,
+                               net.blobs['out'].data.shape)
+    assert_close(net.blobs['out'].data, y)
+    assert_close(net.blobs['data'].diff, dx)
+    assert_close(net.params['out'][0].diff, dw)
+
+
+@pytest.mark.parametrize('geometry', DECONV_GEOMETRIES)
+def test_deconvolution_matches_direct_computation(tmp_path, geometry):
+    # A deconvolution's forward is the input gradient of the convolution whose input has
+    # the deconvolution's output shape, with the same weights.
+    net = conv_net(tmp_path / 'deconv.prototxt', 'Deconvolution', geometry)
+    arrays = run_layer(net, np.random.default_rng(1))
+    weight = net.params['out'][0].data.astype(np.float64)
+    conv_input = np.zeros(net.blobs['out'].data.shape)
+    zero_bias = np.zeros(arrays['x'].shape[1])
+    _, y, _ = conv_reference(conv_input, weight, zero_bias, arrays['x'], geometry,
+                             arrays['x'].shape)
+    y += net.params['out'][1].data[None, :, None, None]
+    assert_close(net.blobs['out'].data, y)
+
+
+@pytest.mark.parametrize('geometry', [GEOMETRIES[0], GEOMETRIES[-1]])
+def test_convolution_of_a_larger_image_matches_direct_computation(tmp_path, geometry):
+    # 16 channels of 160 x 100: column buffers of millions of values, as in FCN's layers.
+    net = conv_net(tmp_path / 'big.prototxt', 'Convolution', geometry, channels=16,
+                   height=160, width=100)
+    arrays = run_layer(net, np.random.default_rng(2))
+    weight, bias = (blob.data.astype(np.float64) for blob in net.params['out'])
+    y, dx, dw = conv_reference(arrays['x'], weight, bias, arrays['dy'], geometry,
+                               net.blobs['out'].data.shape)
+    assert_close(net.blobs['out'].data, y)
+    assert_close(net.blobs['data'].diff, dx)
+    assert_close(net.params['out'][0].diff, dw)
+
+
+THREADED_RUN = '''
+import json, sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_bench_conv import conv_net, run_layer
+arrays = {{}}
+for index, geometry in enumerate(json.loads(sys.argv[1])):
+    net = conv_net(Path(sys.argv[2]) / f'{{index}}.prototxt', 'Convolution', geometry,
+                   channels=16, height=40, width=50)
+    run_layer(net, np.random.default_rng(index))
+    arrays[f'{{index}}:y'] = net.blobs['out'].data
+    arrays[f'{{index}}:dx'] = net.blobs['data'].diff
+    arrays[f'{{index}}:dw'] = net.params['out'][0].diff
+np.savez(sys.argv[3], **arrays)
+'''
+
+
+def test_results_do_not_depend_on_the_openmp_thread_count(tmp_path):
+    # Large enough for the threaded im2col/col2im path (16 * 9 * 40 * 50 column values).
+    script = THREADED_RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    dumps = []
+    for threads in (1, 2):
+        dump = tmp_path / f'threads{threads}.npz'
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS='1',
+                   GLOG_minloglevel='2')
+        subprocess.run([sys.executable, '-c', script, json.dumps(GEOMETRIES), str(tmp_path),
+                        str(dump)], check=True, env=env, timeout=120)
+        dumps.append(np.load(dump))
+    assert len(dumps[0].files) == 3 * len(GEOMETRIES)
+    for name in dumps[0].files:
+        assert np.array_equal(dumps[0][name], dumps[1][name]), name
