@@ -129,7 +129,7 @@ PIPELINE_RULES := runs/.pipeline.mk
 
 .PHONY: $(MODEL_NAMES) stress
 
-ifneq ($(filter $(MODEL_NAMES) runs/% weights/%,$(MAKECMDGOALS)),)
+ifneq ($(filter $(MODEL_NAMES) demo runs/% weights/%,$(MAKECMDGOALS)),)
 include $(PIPELINE_RULES)
 endif
 
@@ -210,3 +210,28 @@ bench-torch: $(VENV_STAMP) ## PyTorch (CPU) in the virtualenv, for `make bench` 
 
 bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memory (BENCH_ARGS=)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# ---- demo --------------------------------------------------------------------------
+# `make demo`: the whole FCN method on the embedded toy set, on the CPU, in minutes.
+# data/toy.py generates the set (seeded, in seconds); the pipeline rules above then
+# pretrain the toy VGG16 classifier (toy-vgg16), carry it into FCN base weights by
+# surgery, train toy-fcn32s -> toy-fcn16s -> toy-fcn8s, each from the previous, and score
+# each; solve/demo.py gathers scores, curves and a prediction sheet into runs/demo/.
+# Every step is a file: an interrupted demo resumes, a finished one is not redone.
+
+TOY_STAMP := $(DATA_ROOT)/toy/toy.json
+TOY_SCORES := $(foreach stride,32 16 8,runs/toy-fcn$(stride)s/score.json)
+
+.PHONY: data-toy
+
+data-toy: $(TOY_STAMP) ## the embedded toy set: VOC-layout shapes + a classification view
+demo: runs/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~20 min
+
+# The generator leaves a set with the same parameters and code alone; the stamp is then
+# only brought up to date.
+$(TOY_STAMP): data/toy.py | $(VENV_STAMP)
+	$(PY) data/toy.py --out $(DATA_ROOT)/toy
+	touch $@
+
+runs/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
+	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)
