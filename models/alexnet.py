@@ -9,7 +9,6 @@ from caffe import layers as L
 
 from models import parts
 
-FC_OUTPUTS = 4096
 FCN_PAD = 100
 CLASSIFIER_PAD = 0
 UPSCORE_KERNEL = 63
@@ -44,18 +43,14 @@ def fcn(spec, stage):
     n = caffe.NetSpec()
     image, = parts.inputs(n, spec, stage).values()
     pool5 = body(n, spec, image, FCN_PAD)
-    fc_outputs = parts.scaled(FC_OUTPUTS, spec.width)
+    fc_outputs = parts.scaled(parts.FC_OUTPUTS, spec.width)
     top = parts.conv_relu(n, 'fc6', 'relu6', pool5, fc_outputs, 6, None, spec.weight_filler,
                           pad=0, group=1, stride=1)
     top = parts.dropout(n, 'drop6', top, stage)
     top = parts.conv_relu(n, 'fc7', 'relu7', top, fc_outputs, 1, None, spec.weight_filler,
                           pad=0, group=1, stride=1)
     top = parts.dropout(n, 'drop7', top, stage)
-    head, = spec.heads
-    n.score_fr = parts.score_conv(top, head.num_classes)
-    parts.segmentation_head(n, spec, stage, 0, head, n.score_fr, {}, crop_to=image,
-                            kernel=UPSCORE_KERNEL)
-    return parts.to_proto(n)
+    return parts.single_head_fcn(n, spec, stage, top, image, UPSCORE_KERNEL)
 
 
 def classifier(spec, stage):
@@ -63,10 +58,4 @@ def classifier(spec, stage):
     n = caffe.NetSpec()
     image, = parts.inputs(n, spec, stage).values()
     pool5 = body(n, spec, image, CLASSIFIER_PAD)
-    fc_outputs = parts.scaled(FC_OUTPUTS, spec.width)
-    top = parts.fc_relu(n, 'fc6', 'relu6', pool5, fc_outputs, None, spec.weight_filler)
-    top = parts.dropout(n, 'drop6', top, stage)
-    top = parts.fc_relu(n, 'fc7', 'relu7', top, fc_outputs, None, spec.weight_filler)
-    top = parts.dropout(n, 'drop7', top, stage)
-    parts.classifier_head(n, spec, stage, top, None, spec.weight_filler)
-    return parts.to_proto(n)
+    return parts.fc_classifier(n, spec, stage, pool5, None)

@@ -101,11 +101,7 @@ def fcn(spec, stage):
     top = body(n, spec, image, FCN_PAD)
     # The classifier's dropout, now on the features the score layer reads.
     top = parts.dropout(n, 'inception_5b/drop', top, stage, ratio=DROPOUT_RATIO)
-    head, = spec.heads
-    n.score_fr = parts.score_conv(top, head.num_classes)
-    parts.segmentation_head(n, spec, stage, 0, head, n.score_fr, {}, crop_to=image,
-                            kernel=UPSCORE_KERNEL)
-    return parts.to_proto(n)
+    return parts.single_head_fcn(n, spec, stage, top, image, UPSCORE_KERNEL)
 
 
 def classifier(spec, stage):

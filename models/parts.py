@@ -30,6 +30,9 @@ FIXED = [dict(lr_mult=0)]
 # Channels of each input top; "data" is the 3-channel BGR image.
 CHANNELS = {'data': 3, 'color': 3, 'hha': 3, 'depth': 1}
 
+# fc6 and fc7 of the ILSVRC classifiers (VGG16, CaffeNet), and their FCN convolutions.
+FC_OUTPUTS = 4096
+
 SOLVER_DEFAULTS = dict(
     train_net='train.prototxt', test_net=['val.prototxt'],
     test_interval=999999999, test_initialization=False,
@@ -229,6 +232,27 @@ def classifier_head(n, spec, stage, bottom, param, filler=None):
 
 
 # ---- output ------------------------------------------------------------------------
+
+def fc_classifier(n, spec, stage, pool5, param):
+    """An ILSVRC classifier's tail: InnerProduct fc6 and fc7 (4096 wide at width 1), each
+    with ReLU and dropout, then the fc8 head."""
+    outputs = scaled(FC_OUTPUTS, spec.width)
+    top = fc_relu(n, 'fc6', 'relu6', pool5, outputs, param, spec.weight_filler)
+    top = dropout(n, 'drop6', top, stage)
+    top = fc_relu(n, 'fc7', 'relu7', top, outputs, param, spec.weight_filler)
+    top = dropout(n, 'drop7', top, stage)
+    classifier_head(n, spec, stage, top, param, spec.weight_filler)
+    return to_proto(n)
+
+
+def single_head_fcn(n, spec, stage, features, image, kernel):
+    """The one-head FCN tail: score_fr on the features, upsampled by `kernel` and cropped
+    to the image."""
+    head, = spec.heads
+    n.score_fr = score_conv(features, head.num_classes)
+    segmentation_head(n, spec, stage, 0, head, n.score_fr, {}, crop_to=image, kernel=kernel)
+    return to_proto(n)
+
 
 def to_proto(n):
     """The NetParameter, with the deploy Input layer named "input" as in the reference's

@@ -15,7 +15,6 @@ from models import parts
 # Output channels of the 3x3 convolutions of the five blocks; each block ends in a
 # 2x2 max pooling of stride 2.
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-FC_OUTPUTS = 4096
 # The FCN pads conv1_1 by 100 so that any input, even 1x1, leaves fc6 (7x7 on pool5)
 # an output and the upsampled score still covers the input to be cropped to it.
 FCN_PAD = 100
@@ -42,7 +41,7 @@ def body(n, spec, image, conv1_1_pad, suffix=''):
 def fcn_features(n, spec, stage, image, suffix=''):
     """The body and fc6/fc7 as convolutions; returns the fc7 top and the pools."""
     pools = body(n, spec, image, FCN_PAD, suffix)
-    fc_outputs = parts.scaled(FC_OUTPUTS, spec.width)
+    fc_outputs = parts.scaled(parts.FC_OUTPUTS, spec.width)
     top = parts.conv_relu(n, 'fc6' + suffix, 'relu6' + suffix, pools['pool5'], fc_outputs,
                           7, parts.LEARNED, spec.weight_filler, pad=0, stride=1)
     top = parts.dropout(n, 'drop6' + suffix, top, stage)
@@ -87,11 +86,4 @@ def classifier(spec, stage):
     n = caffe.NetSpec()
     image, = parts.inputs(n, spec, stage).values()
     pools = body(n, spec, image, CLASSIFIER_PAD)
-    fc_outputs = parts.scaled(FC_OUTPUTS, spec.width)
-    top = parts.fc_relu(n, 'fc6', 'relu6', pools['pool5'], fc_outputs, parts.LEARNED,
-                        spec.weight_filler)
-    top = parts.dropout(n, 'drop6', top, stage)
-    top = parts.fc_relu(n, 'fc7', 'relu7', top, fc_outputs, parts.LEARNED, spec.weight_filler)
-    top = parts.dropout(n, 'drop7', top, stage)
-    parts.classifier_head(n, spec, stage, top, parts.LEARNED, spec.weight_filler)
-    return parts.to_proto(n)
+    return parts.fc_classifier(n, spec, stage, pools['pool5'], parts.LEARNED)
