@@ -92,16 +92,21 @@ def assert_close(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize('geometry', GEOMETRIES)
-def test_convolution_matches_direct_computation(tmp_path, geometry):
-    net = conv_net(tmp_path / 'conv.prototxt', 'Convolution', geometry)
-    arrays = run_layer(net, np.random.default_rng(0))
+def assert_convolution_matches_reference(net, geometry, seed):
+    """Forward, input gradient and weight gradient of the net's layer against conv_reference."""
+    arrays = run_layer(net, np.random.default_rng(seed))
     weight, bias = (blob.data.astype(np.float64) for blob in net.params['out'])
     y, dx, dw = conv_reference(arrays['x'], weight, bias, arrays['dy'], geometry,
                                net.blobs['out'].data.shape)
     assert_close(net.blobs['out'].data, y)
     assert_close(net.blobs['data'].diff, dx)
     assert_close(net.params['out'][0].diff, dw)
+
+
+@pytest.mark.parametrize('geometry', GEOMETRIES)
+def test_convolution_matches_direct_computation(tmp_path, geometry):
+    net = conv_net(tmp_path / 'conv.prototxt', 'Convolution', geometry)
+    assert_convolution_matches_reference(net, geometry, seed=0)
 
 
 @pytest.mark.parametrize('geometry', DECONV_GEOMETRIES)
@@ -124,13 +129,7 @@ def test_convolution_of_a_larger_image_matches_direct_computation(tmp_path, geom
     # 16 channels of 160 x 100: column buffers of millions of values, as in FCN's layers.
     net = conv_net(tmp_path / 'big.prototxt', 'Convolution', geometry, channels=16,
                    height=160, width=100)
-    arrays = run_layer(net, np.random.default_rng(2))
-    weight, bias = (blob.data.astype(np.float64) for blob in net.params['out'])
-    y, dx, dw = conv_reference(arrays['x'], weight, bias, arrays['dy'], geometry,
-                               net.blobs['out'].data.shape)
-    assert_close(net.blobs['out'].data, y)
-    assert_close(net.blobs['data'].diff, dx)
-    assert_close(net.params['out'][0].diff, dw)
+    assert_convolution_matches_reference(net, geometry, seed=2)
 
 
 THREADED_RUN = '''
