@@ -279,6 +279,8 @@ def cmake_flags(python, features, extra, cuda=None):
         'CMAKE_BUILD_TYPE': 'Release',
         'CPU_ONLY': 'ON',
         'BLAS': 'Open',
+        # The im2col/col2im patch shares its loops among the cores with OpenMP.
+        'USE_OPENMP': 'ON',
         'BUILD_python': 'ON',
         'BUILD_python_layer': 'ON',
         'BUILD_docs': 'OFF',
