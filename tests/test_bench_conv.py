@@ -3,6 +3,7 @@ whatever the number of OpenMP threads: what the performance patches to im2col/co
 the column buffer (BENCHMARKS.md) must keep true.
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -150,17 +151,49 @@ np.savez(sys.argv[3], **arrays)
 '''
 
 
-def test_results_do_not_depend_on_the_openmp_thread_count(tmp_path):
-    # Large enough for the threaded im2col/col2im path (16 * 9 * 40 * 50 column values).
+def threaded_runs(tmp_path, blas_folder=None):
+    """The layers' outputs and gradients with 1 and with 2 OpenMP threads, each run in its
+    own process; with `blas_folder`, that OpenBLAS build is loaded instead, on one thread."""
     script = THREADED_RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
     dumps = []
     for threads in (1, 2):
         dump = tmp_path / f'threads{threads}.npz'
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS='1',
-                   GLOG_minloglevel='2')
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), GLOG_minloglevel='2')
+        if blas_folder:
+            env.update(LD_LIBRARY_PATH=blas_folder, OPENBLAS_NUM_THREADS='1')
         subprocess.run([sys.executable, '-c', script, json.dumps(GEOMETRIES), str(tmp_path),
                         str(dump)], check=True, env=env, timeout=120)
         dumps.append(np.load(dump))
     assert len(dumps[0].files) == 3 * len(GEOMETRIES)
-    for name in dumps[0].files:
-        assert np.array_equal(dumps[0][name], dumps[1][name]), name
+    return dumps
+
+
+def test_im2col_and_col2im_do_not_depend_on_the_thread_count(tmp_path):
+    # The OpenMP OpenBLAS that Caffe links follows OMP_NUM_THREADS, and a threaded GEMM
+    # sums in another order; the pthread build, held to one thread, keeps the BLAS fixed
+    # so that only Caffe's own loops change with the threads. Large enough for the
+    # threaded im2col/col2im path (16 * 9 * 40 * 50 column values).
+    folders = glob.glob('/usr/lib/*/openblas-pthread')
+    if not folders:
+        pytest.skip("Debian's pthread OpenBLAS (libopenblas0-pthread) is not installed")
+    one, two = threaded_runs(tmp_path, folders[0])
+    for name in one.files:
+        assert np.array_equal(one[name], two[name]), name
+
+
+def test_results_with_the_default_blas_agree_across_thread_counts(tmp_path):
+    one, two = threaded_runs(tmp_path)
+    for name in one.files:
+        np.testing.assert_allclose(two[name], one[name], rtol=0,
+                                   atol=1e-6 * np.abs(one[name]).max(), err_msg=name)
+
+
+def test_blas_shares_the_openmp_thread_pool():
+    """Caffe's OpenMP loops and OpenBLAS must run in one thread pool: the pthread OpenBLAS
+    beside libgomp made the toy classifier train about 5x slower on two cores
+    (BENCHMARKS.md). What the process has loaded is what counts, not what was linked."""
+    maps = open('/proc/self/maps').read().split()
+    openblas = {path for path in maps if os.path.basename(path).startswith('libopenblas')}
+    assert openblas, 'no OpenBLAS loaded by pycaffe'
+    assert all('openmp' in path for path in openblas), openblas
+    assert any(os.path.basename(path).startswith('libgomp') for path in maps)
