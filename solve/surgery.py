@@ -246,6 +246,7 @@ def save_layers(net, path, keep):
     """Save only the layers named in `keep` as a caffemodel, atomically."""
     from caffe.proto import caffe_pb2
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
         net.save(str(tmp))

@@ -93,7 +93,7 @@ def test_to_fcn_writes_only_the_transplanted_layers(tmp_path, capsys):
     old, classifier_path = make_net(tmp_path, classifier(), 'classifier')
     old.save(str(tmp_path / 'classifier.caffemodel'))
     _, fcn_path = make_net(tmp_path, fcn(), 'fcn')
-    out = tmp_path / 'base.caffemodel'
+    out = tmp_path / 'weights' / 'base.caffemodel'  # a folder that does not exist yet
     surgery.main(['to-fcn', '--classifier', str(classifier_path), '--weights',
                   str(tmp_path / 'classifier.caffemodel'), '--fcn', str(fcn_path),
                   '--out', str(out)])
