@@ -225,7 +225,7 @@ TOY_SCORES := $(foreach stride,32 16 8,runs/toy-fcn$(stride)s/score.json)
 .PHONY: data-toy
 
 data-toy: $(TOY_STAMP) ## the embedded toy set: VOC-layout shapes + a classification view
-demo: runs/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~20 min
+demo: runs/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~12 min
 
 # The generator leaves a set with the same parameters and code alone; the stamp is then
 # only brought up to date.

@@ -1,35 +1,33 @@
 """The embedded toy set: a small semantic segmentation problem generated from a seed.
 
-`make demo` runs the whole FCN method on it in minutes on a CPU. Every image is a scene of
-shapes on a textured background. The five object classes are told apart by shape and by
-texture, never by colour (every colour is drawn at random):
-
-    disc     an ellipse, flat colour            square   a rotated rectangle, flat colour
-    checker  a rotated rectangle, checkerboard  ring     an annulus with a thin wall
-    cross    two thin crossing bars
-
-so disc/square differ only by shape, square/checker only by texture, and ring and cross are
-mostly thin parts. Objects come at several scales, from a few pixels to half the image, so
-the finer strides of FCN-16s and FCN-8s have something to gain over FCN-32s.
+`make demo` runs the whole FCN method on it in minutes on a CPU. Every image is a scene
+of objects on a near-grey background; an object's class is its hue (red, yellow, green,
+blue, purple), at a random saturation and brightness and shaded across the object, so a
+class is told from a few pixels. Its outline is not the class's: each object takes one
+of five outlines at random (ellipse, rectangle, triangle, ring, cross), from a dozen
+pixels to most of the image across. Tracing them (thin ring walls, crossing bars, small
+objects a few of FCN-32s's 32-pixel output cells wide) is what FCN-16s's and FCN-8s's
+finer strides are for, the paper's skip claim at toy scale. The background (a ramp under
+blotches and grain, tinted slightly) looks like no object.
 
 Two views are written under the output folder (the data root's `toy/` by default):
 
 - segmentation, in the PASCAL VOC layout read by `layers.voc.VOCSegDataLayer`:
-  `JPEGImages/<id>.jpg`, `SegmentationClass/<id>.png` (palette PNG, class indices),
+  `JPEGImages/<id>.jpg`, `SegmentationClass/<id>.png` (palette PNG of class indices),
   `ImageSets/Segmentation/{train,val}.txt`;
 - classification, for pretraining the toy classifier as VGG16 was pretrained on ILSVRC
-  (read by `layers.toy.ToyClassDataLayer`): `classification/JPEGImages/<id>.jpg` and
-  `classification/{train,val}.txt` with lines `<id> <class>`, where the class (1-5, the
-  segmentation class ids) is that of the object at the centre of the image; smaller
-  distractors of other classes lie around it, as objects crowd the edges of ILSVRC photos.
+  (read by `layers.toy.ToyClassDataLayer`): `classification/JPEGImages/<id>.jpg`,
+  `classification/{train,val}.txt` (ids) and `classification/labels.txt` (`<id> <class>`,
+  the segmentation class ids 1-5). Each image shows several objects of its one class, so
+  every object in it is evidence for the label: the classifier learns the local cues
+  that dense prediction needs.
 
-Each image is drawn from its own random stream keyed by (seed, view, split, index), so the
-set is the same on every machine and for any worker count, and `toy.json`, written last,
-records the parameters: a finished set is recognised and not generated again.
+Each image is drawn from its own random stream keyed by (seed, view, split, index): the
+set is the same on every machine. `toy.json`, written last, records the parameters and a
+digest of this file; a finished set with both unchanged is not generated again.
 
-    python data/toy.py [--out DIR] [--seed S] [--train N] [--val N] ...
+    python data/toy.py [--out DIR] [--seed S] [--seg-train N] ...   (--help lists all)
 """
-
 import argparse
 import hashlib
 import json
@@ -41,38 +39,45 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASS_NAMES = ('background', 'disc', 'square', 'checker', 'ring', 'cross')
+CLASS_NAMES = ('background', 'red', 'yellow', 'green', 'blue', 'purple')
+# Each object class's hue in degrees, 60 to 80 apart.
+CLASS_HUES = (0.0, 60.0, 130.0, 210.0, 285.0)
+SHAPES = ('ellipse', 'rectangle', 'triangle', 'ring', 'cross')
 NUM_CLASSES = len(CLASS_NAMES)
 SPLITS = ('train', 'val')
 META_NAME = 'toy.json'
-# Streams of the two views never overlap: the view and split are part of each image's key.
+# The view and split are part of each image's random stream, so no two images share one.
 VIEW_KEYS = {'segmentation': 0, 'classification': 1}
 SPLIT_KEYS = {'train': 0, 'val': 1}
 
 DEFAULTS = dict(
     seed=1,
-    # Segmentation scenes: 2-5 objects of radius 8-44 px on 128x128.
-    seg_size=128, seg_train=1000, seg_val=120, min_objects=2, max_objects=5,
-    min_radius=8.0, max_radius=44.0,
-    # Classification images: 224x224 as VGG16's input (pool5 is then 7x7, the size that
-    # the FCN's 7x7 fc6 convolution is coerced from), with 3-6 objects of one class.
-    cls_size=224, cls_train=4000, cls_val=500, cls_min_objects=3, cls_max_objects=6,
-    cls_min_radius=12.0, cls_max_radius=48.0,
-    background_grain=16.0, jpeg_quality=95,
+    # Segmentation scenes: 1-4 objects of radius 12-56 px on 128x128.
+    seg_size=128, seg_train=1000, seg_val=120, min_objects=1, max_objects=4,
+    min_radius=12.0, max_radius=56.0,
+    # Classification images: 128x128, so that the toy classifier's pool5 is 4x4, the
+    # kernel of the toy FCNs' fc6 (models/specs.py); 2-5 objects of the image's class.
+    cls_size=128, cls_train=6000, cls_val=500, cls_min_objects=2, cls_max_objects=5,
+    cls_min_radius=12.0, cls_max_radius=34.0,
+    # Object colours: the class's hue +- hue_jitter degrees, saturation and value from
+    # their minimum to 1, brightness shaded by up to +-shading/2 across the object.
+    hue_jitter=12.0, min_saturation=0.5, min_value=0.45, shading=0.3,
+    # The background: grey with grain (standard deviation), tinted up to this saturation.
+    background_grain=16.0, background_saturation=0.15, sensor_noise=5.0, jpeg_quality=95,
 )
 
 
 def voc_palette(num_entries=256):
-    """The PASCAL VOC colour map: class i's colour spreads the bits of i over R, G, B."""
+    """The PASCAL VOC colour map: class i's colour spreads the bits of i over R, G, B,
+    most significant first."""
     palette = np.zeros((num_entries, 3), np.uint8)
     for index in range(num_entries):
-        code, r, g, b = index, 0, 0, 0
+        code, rgb = index, [0, 0, 0]
         for bit in range(8):
-            r |= ((code >> 0) & 1) << (7 - bit)
-            g |= ((code >> 1) & 1) << (7 - bit)
-            b |= ((code >> 2) & 1) << (7 - bit)
+            for channel in range(3):
+                rgb[channel] |= ((code >> channel) & 1) << (7 - bit)
             code >>= 3
-        palette[index] = r, g, b
+        palette[index] = rgb
     return palette
 
 
@@ -80,7 +85,11 @@ def image_rng(seed, view, split, index):
     return np.random.default_rng([seed, VIEW_KEYS[view], SPLIT_KEYS[split], index])
 
 
-# ---- drawing -------------------------------------------------------------------------
+def log_uniform(rng, low, high):
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+# ---- shapes ------------------------------------------------------------------------
 
 def polygon_mask(shape, points):
     """Boolean (height, width) mask of the polygon with (N, 2) x, y vertices."""
@@ -104,81 +113,79 @@ def rectangle_points(hx, hy):
     return np.array([[-hx, -hy], [hx, -hy], [hx, hy], [-hx, hy]])
 
 
-def shape_mask(cls, shape, center, radius, angle, rng):
-    """Boolean mask of one object of class `cls`, at most `radius` pixels from its centre."""
+def shape_mask(shape_name, shape, center, radius, angle, rng):
+    """Boolean mask of one `shape_name` outline, at most `radius` pixels from its centre."""
     def polygon(points, turn=0.0):
         return polygon_mask(shape, rotated(points, center, angle + turn))
 
-    if cls == 'disc':
-        return polygon(ellipse_points(radius, radius * rng.uniform(0.7, 1.0)))
-    if cls in ('square', 'checker'):
-        # Half-sides of 0.8 r give about the disc's area.
-        return polygon(rectangle_points(0.8 * radius, 0.8 * radius * rng.uniform(0.7, 1.0)))
-    if cls == 'ring':
+    if shape_name == 'ellipse':
+        return polygon(ellipse_points(radius, radius * rng.uniform(0.5, 1.0)))
+    if shape_name == 'rectangle':
+        return polygon(rectangle_points(0.8 * radius, 0.8 * radius * rng.uniform(0.4, 1.0)))
+    if shape_name == 'triangle':
+        corners = np.linspace(0, 2 * np.pi, 3, endpoint=False)
+        return polygon(radius * np.stack([np.cos(corners), np.sin(corners)], axis=1))
+    if shape_name == 'ring':
         aspect = rng.uniform(0.8, 1.0)
-        inner = radius - max(2.0, radius * rng.uniform(0.2, 0.35))
+        inner = radius - max(4.0, radius * rng.uniform(0.25, 0.4))
         return (polygon(ellipse_points(radius, radius * aspect))
                 & ~polygon(ellipse_points(inner, inner * aspect)))
-    if cls == 'cross':
-        bar = rectangle_points(radius, max(1.0, radius * rng.uniform(0.1, 0.2)))
+    if shape_name == 'cross':
+        bar = rectangle_points(radius, max(3.0, radius * rng.uniform(0.15, 0.25)))
         return polygon(bar) | polygon(bar, np.pi / 2)
-    raise ValueError(f'unknown toy class {cls!r}')
+    raise ValueError(f'unknown toy shape {shape_name!r}')
 
 
-def random_color(rng, avoid, min_distance=80.0):
-    """A random RGB colour at least `min_distance` from every colour in `avoid`."""
-    for _ in range(100):
-        color = rng.uniform(0, 255, 3)
-        if all(np.linalg.norm(color - other) >= min_distance for other in avoid):
-            return color
-    return color
+# ---- colours -----------------------------------------------------------------------
+
+def hsv_to_rgb(hue, saturation, value):
+    """RGB (0-255, last axis) of HSV colours; hue in degrees, the rest 0-1, broadcasting."""
+    hue = np.asarray(hue, np.float32) % 360.0
+    channel = (np.array([5.0, 3.0, 1.0], np.float32) + hue[..., None] / 60.0) % 6.0
+    ramp = np.clip(np.minimum(channel, 4.0 - channel), 0.0, 1.0)
+    value, saturation = np.asarray(value)[..., None], np.asarray(saturation)[..., None]
+    return 255.0 * value * (1.0 - saturation * ramp)
 
 
-def smooth_upsampler(size, knots):
+def linear_upsampler(size, knots):
     """(size, knots) matrix of linear interpolation weights from `knots` evenly spaced
-    values to `size` pixels: M @ coarse @ M.T upsamples a knots x knots grid smoothly."""
+    values to `size` pixels: M @ coarse @ M.T upsamples a knots x knots grid."""
     positions = np.linspace(0, knots - 1, size)
-    return np.maximum(0, 1 - np.abs(positions[:, None] - np.arange(knots)[None, :])).astype(np.float32)
+    weights = 1 - np.abs(positions[:, None] - np.arange(knots)[None, :])
+    return np.maximum(0, weights).astype(np.float32)
 
 
-def background(size, rng, grain):
-    """A two-colour gradient under smooth blotches and a grain of standard deviation
-    `grain`: no single colour describes it, and its grain tells it from the objects'
-    clean fills at any point."""
+def background(size, rng, p):
+    """A near-grey ramp between two random levels under smooth blotches and grain: no one
+    level or tint describes it, and its colours stay far from any object's."""
     axis = np.linspace(0, 1, size, dtype=np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(angle) * axis[None, :] + np.sin(angle) * axis[:, None]
     ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
-    start, end = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
-    upsample = smooth_upsampler(size, 5)
-    coarse = rng.normal(0, 20, (3, 5, 5)).astype(np.float32)
-    blotches = (upsample @ coarse @ upsample.T).transpose(1, 2, 0)
-    speckle = grain * rng.standard_normal((size, size, 1), dtype=np.float32)
-    return start + ramp[..., None] * (end - start) + blotches + speckle
+    start, end = rng.uniform(0, 255, 2)
+    upsample = linear_upsampler(size, 5)
+    blotches = upsample @ rng.normal(0, 20, (5, 5)).astype(np.float32) @ upsample.T
+    grains = p['background_grain'] * rng.standard_normal((size, size), dtype=np.float32)
+    grey = start + ramp * (end - start) + blotches + grains
+    tint = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, p['background_saturation']), 1.0)
+    return grey[..., None] * (tint / 255.0)
 
 
-def texture(cls, shape, center, angle, rng, under):
-    """The object's fill over a (height, width) window (the caller masks it): a colour far
-    from `under`, the mean colour it is painted over, and for checkers a second colour in a
-    checkerboard turned with the object."""
-    color = random_color(rng, [under])
-    if cls != 'checker':
-        return color
-    second = random_color(rng, [color], min_distance=70.0)
-    cell = rng.uniform(3.0, 5.0)
+def fill(cls_id, shape, center, angle, rng, p):
+    """The object's colour over a (height, width) window: its class's hue (give or take
+    `hue_jitter` degrees) at a random saturation and brightness, shaded across the object."""
+    hue = CLASS_HUES[cls_id - 1] + rng.uniform(-p['hue_jitter'], p['hue_jitter'])
+    colour = hsv_to_rgb(hue, rng.uniform(p['min_saturation'], 1.0),
+                        rng.uniform(p['min_value'], 1.0))
     ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
-    dx, dy = xs - center[0], ys - center[1]
-    u = np.cos(angle) * dx + np.sin(angle) * dy
-    v = -np.sin(angle) * dx + np.cos(angle) * dy
-    odd = (np.floor(u / cell) + np.floor(v / cell)).astype(int) % 2 == 1
-    return np.where(odd[..., None], color, second)
+    across = np.cos(angle) * (xs - center[0]) + np.sin(angle) * (ys - center[1])
+    shade = 1.0 + p['shading'] * across / max(shape)
+    return colour * shade[..., None]
 
 
-def log_uniform(rng, low, high):
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+# ---- scenes ------------------------------------------------------------------------
 
-
-def paint(image, label, cls_id, center, radius, rng):
+def paint(image, label, cls_id, center, radius, rng, p):
     """Draw one object into `image` and `label` in place, working in the window that
     bounds it."""
     height, width = label.shape
@@ -187,34 +194,26 @@ def paint(image, label, cls_id, center, radius, rng):
     if x1 <= x0 or y1 <= y0:
         return
     window = (slice(y0, y1), slice(x0, x1))
-    local = (y1 - y0, x1 - x0)
-    local_center = np.asarray(center) - (x0, y0)
-    cls, angle = CLASS_NAMES[cls_id], rng.uniform(0, 2 * np.pi)
-    mask = shape_mask(cls, local, local_center, radius, angle, rng)
+    local_shape, local_center = (y1 - y0, x1 - x0), np.asarray(center) - (x0, y0)
+    angle = rng.uniform(0, 2 * np.pi)
+    mask = shape_mask(SHAPES[rng.integers(len(SHAPES))], local_shape, local_center, radius,
+                      angle, rng)
     if mask.any():
-        patch = image[window]
-        fill = texture(cls, local, local_center, angle, rng, under=patch[mask].mean(axis=0))
-        patch[mask] = fill[mask] if np.ndim(fill) == 3 else fill
+        image[window][mask] = fill(cls_id, local_shape, local_center, angle, rng, p)[mask]
         label[window][mask] = cls_id
 
 
-def finish(image, rng):
-    """Sensor noise, then 8 bits."""
-    noisy = image + 5 * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-
-
 def covered_fraction(label, center, radius):
-    """How much of the disc (center, radius), the object's bounding disc, is already
-    taken by objects."""
+    """How much of the disc (center, radius), an object's bounding disc, objects already
+    take."""
     ys, xs = np.ogrid[0:label.shape[0], 0:label.shape[1]]
     footprint = (xs - center[0]) ** 2 + (ys - center[1]) ** 2 <= radius ** 2
     return float((label[footprint] > 0).mean()) if footprint.any() else 0.0
 
 
-def scatter(image, label, classes, min_radius, max_radius, rng):
-    """Paint one object of each class id in `classes`, at log-uniform radii and places
-    drawn so that an object hides little of those drawn before it."""
+def scatter(image, label, classes, min_radius, max_radius, rng, p):
+    """Paint one object of each class id in `classes` at a log-uniform radius, placed (in
+    up to ten tries) where it hides little of the objects drawn before it."""
     size = label.shape[0]
     for cls_id in classes:
         for _ in range(10):
@@ -222,34 +221,39 @@ def scatter(image, label, classes, min_radius, max_radius, rng):
             center = rng.uniform(0.1 * size, 0.9 * size, 2)
             if covered_fraction(label, center, radius) <= 0.25:
                 break
-        paint(image, label, int(cls_id), center, radius, rng)
+        paint(image, label, int(cls_id), center, radius, rng, p)
+
+
+def finish(image, rng, noise):
+    """Sensor noise and 8 bits."""
+    noisy = image + noise * rng.standard_normal(image.shape, dtype=np.float32)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
 def segmentation_scene(rng, p):
     """(image HxWx3 uint8 RGB, label HxW uint8): min_objects to max_objects objects of
     random classes."""
     size = p['seg_size']
-    image = background(size, rng, p['background_grain'])
+    image = background(size, rng, p)
     label = np.zeros((size, size), np.uint8)
     count = rng.integers(p['min_objects'], p['max_objects'] + 1)
-    scatter(image, label, rng.integers(1, NUM_CLASSES, count), p['min_radius'], p['max_radius'],
-            rng)
-    return finish(image, rng), label
+    scatter(image, label, rng.integers(1, NUM_CLASSES, count), p['min_radius'],
+            p['max_radius'], rng, p)
+    return finish(image, rng, p['sensor_noise']), label
 
 
 def classification_scene(rng, p, cls_id):
-    """An image of cls_min_objects to cls_max_objects objects, all of class `cls_id`:
-    every part of the image that is not background is evidence of the class, so the
-    classifier learns the local shape and texture cues that dense prediction needs."""
+    """An image (HxWx3 uint8 RGB) of cls_min_objects to cls_max_objects objects, all of
+    class `cls_id`."""
     size = p['cls_size']
-    image = background(size, rng, p['background_grain'])
+    image = background(size, rng, p)
     label = np.zeros((size, size), np.uint8)
     count = rng.integers(p['cls_min_objects'], p['cls_max_objects'] + 1)
-    scatter(image, label, [cls_id] * count, p['cls_min_radius'], p['cls_max_radius'], rng)
-    return finish(image, rng)
+    scatter(image, label, [cls_id] * count, p['cls_min_radius'], p['cls_max_radius'], rng, p)
+    return finish(image, rng, p['sensor_noise'])
 
 
-# ---- writing -------------------------------------------------------------------------
+# ---- writing -----------------------------------------------------------------------
 
 def save_jpeg(path, rgb, quality):
     Image.fromarray(rgb).save(path, quality=quality)
@@ -257,12 +261,8 @@ def save_jpeg(path, rgb, quality):
 
 def save_label(path, label, palette):
     png = Image.fromarray(label)
-    png.putpalette(palette.ravel().tolist())  # turns the 'L' image into 'P', values kept
+    png.putpalette(palette.ravel().tolist())  # the 'L' image becomes 'P', values kept
     png.save(path)
-
-
-def image_id(view, split, index):
-    return f'{split}_{index:05d}' if view == 'segmentation' else f'cls_{split}_{index:05d}'
 
 
 def write_segmentation(root, p, progress):
@@ -270,31 +270,28 @@ def write_segmentation(root, p, progress):
     for folder in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
         (root / folder).mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        ids = []
-        for index in range(p[f'seg_{split}']):
-            name = image_id('segmentation', split, index)
-            image, label = segmentation_scene(image_rng(p['seed'], 'segmentation', split, index), p)
+        ids = [f'{split}_{index:05d}' for index in range(p[f'seg_{split}'])]
+        for index, name in enumerate(ids):
+            image, label = segmentation_scene(image_rng(p['seed'], 'segmentation', split, index),
+                                              p)
             save_jpeg(root / 'JPEGImages' / f'{name}.jpg', image, p['jpeg_quality'])
             save_label(root / 'SegmentationClass' / f'{name}.png', label, palette)
-            ids.append(name)
             progress()
         (root / 'ImageSets/Segmentation' / f'{split}.txt').write_text('\n'.join(ids) + '\n')
 
 
 def write_classification(root, p, progress):
-    """Classes are dealt in turn (index mod 5) so that every split is balanced."""
+    """Classes are dealt in turn (1, 2, ..., 5, 1, ...), so every split is balanced."""
     folder = root / 'classification'
     (folder / 'JPEGImages').mkdir(parents=True, exist_ok=True)
     labels = []
     for split in SPLITS:
-        ids = []
-        for index in range(p[f'cls_{split}']):
-            name = image_id('classification', split, index)
+        ids = [f'cls_{split}_{index:05d}' for index in range(p[f'cls_{split}'])]
+        for index, name in enumerate(ids):
             cls_id = 1 + index % (NUM_CLASSES - 1)
             image = classification_scene(image_rng(p['seed'], 'classification', split, index),
                                          p, cls_id)
             save_jpeg(folder / 'JPEGImages' / f'{name}.jpg', image, p['jpeg_quality'])
-            ids.append(name)
             labels.append(f'{name} {cls_id}')
             progress()
         (folder / f'{split}.txt').write_text('\n'.join(ids) + '\n')
@@ -313,38 +310,39 @@ def read_meta(root):
         return None
 
 
-def generate(out, **overrides):
-    """Write the toy set to `out` unless it already holds one with the same parameters.
+def generate(out, progress=True, **overrides):
+    """Write the toy set to `out` unless it already holds one made with the same parameters
+    and code; returns its `toy.json` record.
 
     The set is written to a sibling temporary folder and moved into place at the end, so an
-    interrupted run leaves `out` as it was. Returns the parameters (the `toy.json` record).
+    interrupted run leaves `out` as it was.
     """
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
-        raise TypeError(f'unknown toy set parameters: {sorted(unknown)}')
+        raise TypeError(f'unknown toy set parameters: {", ".join(sorted(unknown))}')
     p = {**DEFAULTS, **overrides}
     out = Path(out)
     meta = read_meta(out)
     if meta is not None and meta['parameters'] == p and meta['generator'] == generator_digest():
         return meta
     if out.exists() and meta is None:
-        raise SystemExit(f'toy: {out} exists but holds no {META_NAME}: not a toy set; '
-                         'move it away or pick another --out')
+        raise SystemExit(f'toy: {out} exists but holds no {META_NAME}, so it is not a toy '
+                         f'set; move it away or give another --out')
 
     total = sum(p[f'{view}_{split}'] for view in ('seg', 'cls') for split in SPLITS)
     done = 0
 
-    def progress():
+    def step():
         nonlocal done
         done += 1
-        if done % 500 == 0 or done == total:
+        if progress and (done % 1000 == 0 or done == total):
             print(f'toy: {done}/{total} images', file=sys.stderr, flush=True)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f'.{out.name}.tmp-{os.getpid()}')
     shutil.rmtree(staging, ignore_errors=True)
-    write_segmentation(staging, p, progress)
-    write_classification(staging, p, progress)
+    write_segmentation(staging, p, step)
+    write_classification(staging, p, step)
     meta = {'parameters': p, 'generator': generator_digest(), 'classes': list(CLASS_NAMES)}
     (staging / META_NAME).write_text(json.dumps(meta, indent=1) + '\n')
     if out.exists():
@@ -363,14 +361,14 @@ def default_out():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=(
-        'Writes the VOC-layout segmentation view and the classification view; '
-        'does nothing when OUT already holds a set made with the same parameters.'))
-    parser.add_argument('--out', type=Path, default=None,
-                        help='output folder (default: $FCN_DATA_DIR/toy, else data/toy)')
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', type=Path,
+                        help='output folder (default: <data root>/toy, the data root being '
+                        '$FCN_DATA_DIR, else data/)')
     for key, value in DEFAULTS.items():
         parser.add_argument('--' + key.replace('_', '-'), type=type(value), default=value,
-                            help=f'(default {value})')
+                            metavar=type(value).__name__.upper(), help=f'(default {value})')
     args = vars(parser.parse_args(argv))
     out = args.pop('out') or default_out()
     meta = generate(out, **args)

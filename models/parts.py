@@ -40,7 +40,7 @@ SOLVER_DEFAULTS = dict(
     snapshot=4000, snapshot_prefix='snapshot/train')
 # solver.prototxt lists the fields in this order (protobuf would print them by number).
 SOLVER_ORDER = ('train_net', 'test_net', 'test_iter', 'test_interval', 'test_initialization',
-                'display', 'average_loss', 'lr_policy', 'base_lr', 'momentum', 'iter_size',
+                'display', 'average_loss', 'type', 'lr_policy', 'base_lr', 'momentum', 'iter_size',
                 'max_iter', 'weight_decay', 'snapshot', 'snapshot_prefix')
 SOLVER_COMMENTS = {
     'test_interval': 'the test net is set up but never run by the solver: evaluation runs '
@@ -271,6 +271,8 @@ def solver(spec):
         **SOLVER_DEFAULTS, test_iter=[math.ceil(spec.val_size / spec.batch_size)],
         base_lr=spec.base_lr, momentum=spec.momentum, iter_size=spec.iter_size,
         max_iter=spec.max_iter)
+    if spec.solver_type != 'SGD':  # the reference solvers leave Caffe's default unwritten
+        message.type = spec.solver_type
     # A SolverParameter prints one "field: value" line per field (none is a message).
     text = ''
     for line in sorted(str(message).splitlines(),

@@ -54,6 +54,7 @@ class ModelSpec:
     val_size    images in val_split: the solver's test_iter (per batch)
     base_lr, momentum, iter_size, max_iter: the solver (lr_policy fixed, weight decay
                 5e-4, snapshots every 4000 iterations for all)
+    solver_type Caffe's solver: 'SGD' (with momentum) for every reference net
     task        'segmentation' (an FCN) | 'classification' (a classifier to transplant from)
     width       multiplier of every body convolution's outputs (the toy nets are narrow)
     modalities  NYUD inputs the data layer loads (its `tops`), in order; empty elsewhere
@@ -66,6 +67,8 @@ class ModelSpec:
     deploy_size (height, width) of deploy.prototxt's example input
     batch_size  images per iteration (the FCNs take one image of any size)
     weight_filler  Caffe filler of the body's weights when training from scratch
+    fc6_kernel  the VGG16 FCN's fc6 kernel: the pool5 size of the classifier it comes from
+                (7 for ILSVRC's 224x224 crops)
     """
     name: str
     dataset: str
@@ -92,6 +95,8 @@ class ModelSpec:
     deploy_size: tuple = (500, 500)
     batch_size: int = 1
     weight_filler: str | None = None
+    fc6_kernel: int = 7
+    solver_type: str = 'SGD'
 
 
 # ---- reference models --------------------------------------------------------------
@@ -197,38 +202,38 @@ PAPER_MODELS = (
 
 
 # ---- toy models: the embedded demo (values tuned by the demo) ----------------------
-# The same VGG16 topology and layer names at a fraction of the width, on the toy set of
-# data/toy.py: 128x128 scenes of background and five shape classes, and 224x224 crops
-# for pretraining the classifier (224 gives the 7x7 pool5 that becomes the 7x7 fc6).
+# The VGG16 topology and layer names at an eighth of the width, on the toy set of
+# data/toy.py: 128x128 scenes of objects of five hues on a near-grey background, and
+# 128x128 images of one class for pretraining the classifier. Two departures keep the demo
+# within minutes on a CPU: the classifier's 128x128 input makes pool5 4x4, so fc6 is 4x4
+# (and conv1_1's pad shrinks with it, models/vgg16.py), and every toy net trains with
+# Adam on a loss averaged over pixels, where SGD took thousands of iterations more.
 
 TOY_WIDTH = 1 / 8
-TOY_CLASSES = 6  # background + 5 shapes; the classifier uses the same ids (0 never occurs)
-TOY_MEAN = VOC_MEAN
+TOY_CLASSES = 6  # background + 5 hues; the classifier uses the same ids (0 never occurs)
+# Mid-grey: the toy scenes are mostly near-grey background, around 128 in every channel.
+TOY_MEAN = (128.0, 128.0, 128.0)
+TOY = dict(dataset='toy', body='vgg16', width=TOY_WIDTH, fc6_kernel=4,
+           train_split='train', val_split='val', normalize_loss=True, solver_type='Adam',
+           momentum=0.9, iter_size=1)
 TOY_SEG_LAYER = data_layer('layers.voc.VOCSegDataLayer', voc_dir='toy', mean=TOY_MEAN)
 TOY_FCN = dict(
-    dataset='toy', body='vgg16', width=TOY_WIDTH,
-    heads=(Head('score', 'label', TOY_CLASSES),),
-    train_split='train', val_split='val', val_size=120,
-    train_data=TOY_SEG_LAYER, val_data=TOY_SEG_LAYER, deploy_size=(128, 128),
-    momentum=0.99, iter_size=1)
+    **TOY, heads=(Head('score', 'label', TOY_CLASSES),), val_size=120,
+    train_data=TOY_SEG_LAYER, val_data=TOY_SEG_LAYER, deploy_size=(128, 128))
 TOY_CLASS_LAYER = data_layer('layers.toy.ToyClassDataLayer', toy_dir='toy', mean=TOY_MEAN)
 
 TOY_MODELS = (
-    ModelSpec('toy-vgg16', task='classification', dataset='toy', body='vgg16', stride=32,
-              width=TOY_WIDTH, heads=(Head('fc8', 'label', TOY_CLASSES),), init=None,
-              train_split='train', val_split='val', val_size=500,
+    ModelSpec('toy-vgg16', task='classification', stride=32, **TOY,
+              heads=(Head('fc8', 'label', TOY_CLASSES),), init=None, val_size=500,
               train_data=TOY_CLASS_LAYER, val_data=TOY_CLASS_LAYER,
-              deploy_size=(224, 224), batch_size=16, weight_filler='msra',
-              normalize_loss=True,
-              # 1e-3 blew the msra-initialised weights up to ~1e6 within four iterations
-              # (the first losses are ~65 on 0-255 inputs); 1e-4 settles.
-              base_lr=1e-4, momentum=0.9, iter_size=1, max_iter=3000),
+              deploy_size=(128, 128), batch_size=32, weight_filler='xavier',
+              base_lr=1e-3, max_iter=300),
     ModelSpec('toy-fcn32s', stride=32, init='toy-vgg16-fcn', **TOY_FCN,
-              base_lr=1e-8, max_iter=2000),
+              base_lr=3e-4, max_iter=5000),
     ModelSpec('toy-fcn16s', stride=16, init='toy-fcn32s', **TOY_FCN,
-              base_lr=1e-10, max_iter=1000),
+              base_lr=3e-4, max_iter=1500),
     ModelSpec('toy-fcn8s', stride=8, init='toy-fcn16s', **TOY_FCN,
-              base_lr=1e-12, max_iter=1000),
+              base_lr=3e-4, max_iter=2000),
 )
 
 

@@ -18,7 +18,15 @@ BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512
 # The FCN pads conv1_1 by 100 so that any input, even 1x1, leaves fc6 (7x7 on pool5)
 # an output and the upsampled score still covers the input to be cropped to it.
 FCN_PAD = 100
+FC6_KERNEL = 7
 CLASSIFIER_PAD = 1
+
+
+def fcn_pad(fc6_kernel):
+    """conv1_1's pad for an fc6 of another kernel size: each pool5 cell fc6 spans less
+    takes 32 pixels of pad, half on either side, so the net's geometry (score sizes,
+    crop offsets) stays that of the 7x7 fc6 padded by 100."""
+    return FCN_PAD - (FC6_KERNEL - fc6_kernel) * 32 // 2
 
 
 def body(n, spec, image, conv1_1_pad, suffix=''):
@@ -40,10 +48,11 @@ def body(n, spec, image, conv1_1_pad, suffix=''):
 
 def fcn_features(n, spec, stage, image, suffix=''):
     """The body and fc6/fc7 as convolutions; returns the fc7 top and the pools."""
-    pools = body(n, spec, image, FCN_PAD, suffix)
+    pools = body(n, spec, image, fcn_pad(spec.fc6_kernel), suffix)
     fc_outputs = parts.scaled(parts.FC_OUTPUTS, spec.width)
     top = parts.conv_relu(n, 'fc6' + suffix, 'relu6' + suffix, pools['pool5'], fc_outputs,
-                          7, parts.LEARNED, spec.weight_filler, pad=0, stride=1)
+                          spec.fc6_kernel, parts.LEARNED, spec.weight_filler, pad=0,
+                          stride=1)
     top = parts.dropout(n, 'drop6' + suffix, top, stage)
     top = parts.conv_relu(n, 'fc7' + suffix, 'relu7' + suffix, top, fc_outputs,
                           1, parts.LEARNED, spec.weight_filler, pad=0, stride=1)

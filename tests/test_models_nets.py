@@ -149,15 +149,23 @@ def test_deploy_score_has_the_input_size(name, tmp_path):
             assert tuple(net.blobs[head.score].shape) == (1, head.num_classes, *size), size
 
 
-CROP_OFFSETS = {('vgg16', 32): [19], ('vgg16', 16): [5, 27], ('vgg16', 8): [5, 9, 31],
-                ('alexnet', 32): [18]}
+# The reference's offsets by (body, stride, fc6 kernel). The toy nets' 4x4 fc6 centres its
+# output 1.5 pool5 cells (48 px) before a 7x7 one: the pool4 and pool3 crops move by 3 and
+# 6 cells, while conv1_1's pad, 48 px smaller, leaves the final crop where it was.
+CROP_OFFSETS = {('vgg16', 32, 7): [19], ('vgg16', 16, 7): [5, 27], ('vgg16', 8, 7): [5, 9, 31],
+                ('alexnet', 32, 7): [18],
+                ('vgg16', 32, 4): [19], ('vgg16', 16, 4): [2, 27], ('vgg16', 8, 4): [2, 3, 31]}
+
+
+def crop_key(spec):
+    return spec.body, spec.stride, spec.fc6_kernel
 
 
 @pytest.mark.parametrize('name', [name for name in SEGMENTATION
-                                  if (MODELS[name].body, MODELS[name].stride) in CROP_OFFSETS])
+                                  if crop_key(MODELS[name]) in CROP_OFFSETS])
 def test_crop_offsets_come_from_the_net(name):
     spec = MODELS[name]
-    offsets = CROP_OFFSETS[spec.body, spec.stride]
+    offsets = CROP_OFFSETS[crop_key(spec)]
     crops = [layer.crop_param for layer in read_net(name, 'deploy').layer
              if layer.type == 'Crop']
     assert [list(c.offset) for c in crops] == [[o] for o in offsets * len(spec.heads)]
@@ -172,7 +180,7 @@ def vgg16_fcn_parameters(spec):
     fc = round(4096 * spec.width)
     inputs = [3] + widths[:-1]
     learned = sum(i * o * 9 + o for i, o in zip(inputs, widths))
-    learned += widths[-1] * fc * 49 + fc + fc * fc + fc
+    learned += widths[-1] * fc * spec.fc6_kernel ** 2 + fc + fc * fc + fc
     skips = {32: [], 16: [widths[9]], 8: [widths[9], widths[6]]}[spec.stride]
     deconv_kernels = {32: [64], 16: [4, 32], 8: [4, 4, 16]}[spec.stride]
     fixed = 0
@@ -209,7 +217,8 @@ def test_fcn8s_has_the_published_parameter_count():
 def test_classifier_weights_transplant_by_name(classifier, fcn, tmp_path):
     """Every classifier layer up to fc7 has a namesake in the FCN with as many weights:
     fc6/fc7 InnerProducts reshape into convolutions, fc6's kernel covering the classifier's
-    whole pool5 (7x7 for VGG16, 6x6 for CaffeNet). fc8 does not carry over."""
+    whole pool5 (7x7 for VGG16, 6x6 for CaffeNet, 4x4 for the toy's 128x128 input). fc8
+    does not carry over."""
     (tmp_path / 'a').mkdir()
     (tmp_path / 'b').mkdir()
     source = instantiate(read_net(classifier, 'deploy'), tmp_path / 'a')
@@ -220,7 +229,7 @@ def test_classifier_weights_transplant_by_name(classifier, fcn, tmp_path):
         assert [b.count for b in source.params[name]] == [b.count for b in target.params[name]]
     fc6_kernel = tuple(target.params['fc6'][0].shape)[2:]
     assert fc6_kernel == tuple(source.blobs['pool5'].shape)[2:]
-    assert fc6_kernel == ((7, 7) if spec_of(fcn).body == 'vgg16' else (6, 6))
+    assert fc6_kernel == {'vgg16': (7, 7), 'caffenet': (6, 6), 'toy-vgg16': (4, 4)}[classifier]
 
 
 @pytest.mark.parametrize('name', CLASSIFIERS)

@@ -1,4 +1,5 @@
 """The embedded toy set: deterministic, in the VOC layout, read by the project's layers."""
+import colorsys
 import json
 
 import numpy as np
@@ -71,3 +72,35 @@ def test_layers_read_both_views(tmp_path):
     assert cls.blobs['data'].data.shape == (2, 3, 224, 224)
     labels = cls.blobs['label'].data
     assert labels.shape[0] == 2 and np.all((labels >= 1) & (labels < toy.NUM_CLASSES))
+
+
+def test_hsv_to_rgb_matches_colorsys():
+    rng = np.random.default_rng(2)
+    hsv = rng.uniform(0, 1, (50, 3))
+    ours = toy.hsv_to_rgb(hsv[:, 0] * 360, hsv[:, 1], hsv[:, 2])
+    expected = 255 * np.array([colorsys.hsv_to_rgb(*row) for row in hsv])
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+
+
+def test_class_is_told_by_hue_alone():
+    """Every object pixel's hue lies within hue_jitter (plus rounding and noise) of its
+    class's hue, and the background is close to grey."""
+    root_params = dict(toy.DEFAULTS, seg_size=96)
+    hue_error = {cls: [] for cls in range(1, toy.NUM_CLASSES)}
+    background_saturation = []
+    for index in range(12):
+        image, label = toy.segmentation_scene(np.random.default_rng(index), root_params)
+        hsv = np.asarray(Image.fromarray(image).convert('HSV'), np.float32)
+        hue, saturation = hsv[..., 0] * 360 / 256, hsv[..., 1] / 255
+        bright = hsv[..., 2] > 80  # hue is defined well only away from black
+        for cls in hue_error:
+            pixels = (label == cls) & bright
+            error = (hue[pixels] - toy.CLASS_HUES[cls - 1] + 180) % 360 - 180
+            hue_error[cls].extend(np.abs(error))
+        background_saturation.extend(saturation[label == 0])
+    for cls, errors in hue_error.items():
+        assert len(errors) > 0, f'no pixels of class {cls} in 12 scenes'
+        assert np.median(errors) < toy.DEFAULTS['hue_jitter'], toy.CLASS_NAMES[cls]
+    assert np.median(background_saturation) < toy.DEFAULTS['background_saturation'] + 0.1
+    gaps = np.diff(sorted(toy.CLASS_HUES) + [sorted(toy.CLASS_HUES)[0] + 360])
+    assert gaps.min() > 2 * toy.DEFAULTS['hue_jitter']
