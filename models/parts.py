@@ -37,7 +37,7 @@ SOLVER_DEFAULTS = dict(
     train_net='train.prototxt', test_net=['val.prototxt'],
     test_interval=999999999, test_initialization=False,
     display=20, average_loss=20, lr_policy='fixed', weight_decay=0.0005,
-    snapshot=4000, snapshot_prefix='snapshot/train')
+    snapshot_prefix='snapshot/train')
 # solver.prototxt lists the fields in this order (protobuf would print them by number).
 SOLVER_ORDER = ('train_net', 'test_net', 'test_iter', 'test_interval', 'test_initialization',
                 'display', 'average_loss', 'type', 'lr_policy', 'base_lr', 'momentum', 'iter_size',
@@ -270,7 +270,7 @@ def solver(spec):
     message = caffe_pb2.SolverParameter(
         **SOLVER_DEFAULTS, test_iter=[math.ceil(spec.val_size / spec.batch_size)],
         base_lr=spec.base_lr, momentum=spec.momentum, iter_size=spec.iter_size,
-        max_iter=spec.max_iter)
+        max_iter=spec.max_iter, snapshot=spec.snapshot)
     if spec.solver_type != 'SGD':  # the reference solvers leave Caffe's default unwritten
         message.type = spec.solver_type
     # A SolverParameter prints one "field: value" line per field (none is a message).

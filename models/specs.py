@@ -53,7 +53,8 @@ class ModelSpec:
     train_split, val_split, train_data, val_data: the data layer of train/val.prototxt
     val_size    images in val_split: the solver's test_iter (per batch)
     base_lr, momentum, iter_size, max_iter: the solver (lr_policy fixed, weight decay
-                5e-4, snapshots every 4000 iterations for all)
+                5e-4 for all)
+    snapshot    iterations between snapshots, and between val scores in solve.py
     solver_type Caffe's solver: 'SGD' (with momentum) for every reference net
     task        'segmentation' (an FCN) | 'classification' (a classifier to transplant from)
     width       multiplier of every body convolution's outputs (the toy nets are narrow)
@@ -97,6 +98,7 @@ class ModelSpec:
     weight_filler: str | None = None
     fc6_kernel: int = 7
     solver_type: str = 'SGD'
+    snapshot: int = 4000
 
 
 # ---- reference models --------------------------------------------------------------
@@ -215,7 +217,7 @@ TOY_CLASSES = 6  # background + 5 hues; the classifier uses the same ids (0 neve
 TOY_MEAN = (128.0, 128.0, 128.0)
 TOY = dict(dataset='toy', body='vgg16', width=TOY_WIDTH, fc6_kernel=4,
            train_split='train', val_split='val', normalize_loss=True, solver_type='Adam',
-           momentum=0.9, iter_size=1)
+           momentum=0.9, iter_size=1, snapshot=500)
 TOY_SEG_LAYER = data_layer('layers.voc.VOCSegDataLayer', voc_dir='toy', mean=TOY_MEAN)
 TOY_FCN = dict(
     **TOY, heads=(Head('score', 'label', TOY_CLASSES),), val_size=120,
