@@ -282,7 +282,7 @@ def apply_patches(tree, log):
 def openmp_openblas():
     """Link Debian's OpenMP build of OpenBLAS, so that BLAS and Caffe's OpenMP loops share
     one thread pool. With the default pthread build the two pools spin-wait against each
-    other on every core: small nets trained up to 3x slower than with one thread.
+    other on every core: the toy nets trained 3.6-5.4x slower (BENCHMARKS.md).
 
     The library is linked by its path and found at run time through the rpath (Caffe's
     cmake keeps link folders in it); the system's libopenblas.so.0 alternative is left

@@ -310,7 +310,7 @@ def read_meta(root):
         return None
 
 
-def generate(out, progress=True, **overrides):
+def generate(out, **overrides):
     """Write the toy set to `out` unless it already holds one made with the same parameters
     and code; returns its `toy.json` record.
 
@@ -335,7 +335,7 @@ def generate(out, progress=True, **overrides):
     def step():
         nonlocal done
         done += 1
-        if progress and (done % 1000 == 0 or done == total):
+        if done % 1000 == 0 or done == total:
             print(f'toy: {done}/{total} images', file=sys.stderr, flush=True)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+import viz
 from netfiles import UsageError
 
 
@@ -245,21 +246,17 @@ def single_image_net(prototxt, spatial=None):
 def save_layers(net, path, keep):
     """Save only the layers named in `keep` as a caffemodel, atomically."""
     from caffe.proto import caffe_pb2
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
+
+    def save(tmp):
         net.save(str(tmp))
         full = caffe_pb2.NetParameter()
-        full.ParseFromString(tmp.read_bytes())
+        full.ParseFromString(Path(tmp).read_bytes())
         kept = [layer for layer in full.layer if layer.name in keep]
         del full.layer[:]
         full.layer.extend(kept)
-        tmp.write_bytes(full.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        Path(tmp).write_bytes(full.SerializeToString())
+
+    viz.atomic_save(path, save)
 
 
 def to_fcn(classifier, weights, fcn, out, suffix='', spatial=64):
