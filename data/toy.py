@@ -14,7 +14,11 @@ Two views are written under the output folder (the data root's `toy/` by default
 
 - segmentation, in the PASCAL VOC layout read by `layers.voc.VOCSegDataLayer`:
   `JPEGImages/<id>.jpg`, `SegmentationClass/<id>.png` (palette PNG of class indices),
-  `ImageSets/Segmentation/{train,val}.txt`;
+  `ImageSets/Segmentation/{train,val}.txt`, and `classes.txt` (a class name per line,
+  background first): the format `data/check.py` reads a user's own dataset in. With
+  `--layout simple` the same scenes go to that format's other layout (`images/<id>.jpg`,
+  `masks/<id>.png`, `{train,val}.txt`); with `--classes N` only the first N hues occur
+  (N + 1 classes with the background): the worked example of training on one's own data;
 - classification, for pretraining the toy classifier as VGG16 was pretrained on ILSVRC
   (read by `layers.toy.ToyClassDataLayer`): `classification/JPEGImages/<id>.jpg`,
   `classification/{train,val}.txt` (ids) and `classification/labels.txt` (`<id> <class>`,
@@ -39,6 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data.check import CLASSES_FILE, LAYOUTS
+
 CLASS_NAMES = ('background', 'red', 'yellow', 'green', 'blue', 'purple')
 # Each object class's hue in degrees, 60 to 80 apart.
 CLASS_HUES = (0.0, 60.0, 130.0, 210.0, 285.0)
@@ -52,6 +58,9 @@ SPLIT_KEYS = {'train': 0, 'val': 1}
 
 DEFAULTS = dict(
     seed=1,
+    # Object classes (the first `classes` hues) and the segmentation view's folder layout,
+    # 'voc' or 'simple' (data/check.py's two formats of a dataset of one's own).
+    classes=len(CLASS_HUES), layout='voc',
     # Segmentation scenes: 1-4 objects of radius 12-56 px on 128x128.
     seg_size=128, seg_train=1000, seg_val=120, min_objects=1, max_objects=4,
     min_radius=12.0, max_radius=56.0,
@@ -237,7 +246,7 @@ def segmentation_scene(rng, p):
     image = background(size, rng, p)
     label = np.zeros((size, size), np.uint8)
     count = rng.integers(p['min_objects'], p['max_objects'] + 1)
-    scatter(image, label, rng.integers(1, NUM_CLASSES, count), p['min_radius'],
+    scatter(image, label, rng.integers(1, p['classes'] + 1, count), p['min_radius'],
             p['max_radius'], rng, p)
     return finish(image, rng, p['sensor_noise']), label
 
@@ -265,19 +274,26 @@ def save_label(path, label, palette):
     png.save(path)
 
 
+def class_names(p):
+    return CLASS_NAMES[:p['classes'] + 1]
+
+
 def write_segmentation(root, p, progress):
     palette = voc_palette()
-    for folder in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
-        (root / folder).mkdir(parents=True, exist_ok=True)
+    layout = LAYOUTS[p['layout']]
+    folders = {key: root / layout[key] for key in ('images', 'labels', 'splits')}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         ids = [f'{split}_{index:05d}' for index in range(p[f'seg_{split}'])]
         for index, name in enumerate(ids):
             image, label = segmentation_scene(image_rng(p['seed'], 'segmentation', split, index),
                                               p)
-            save_jpeg(root / 'JPEGImages' / f'{name}.jpg', image, p['jpeg_quality'])
-            save_label(root / 'SegmentationClass' / f'{name}.png', label, palette)
+            save_jpeg(folders['images'] / f'{name}.jpg', image, p['jpeg_quality'])
+            save_label(folders['labels'] / f'{name}.png', label, palette)
             progress()
-        (root / 'ImageSets/Segmentation' / f'{split}.txt').write_text('\n'.join(ids) + '\n')
+        (folders['splits'] / f'{split}.txt').write_text('\n'.join(ids) + '\n')
+    (root / CLASSES_FILE).write_text('\n'.join(class_names(p)) + '\n')
 
 
 def write_classification(root, p, progress):
@@ -288,7 +304,7 @@ def write_classification(root, p, progress):
     for split in SPLITS:
         ids = [f'cls_{split}_{index:05d}' for index in range(p[f'cls_{split}'])]
         for index, name in enumerate(ids):
-            cls_id = 1 + index % (NUM_CLASSES - 1)
+            cls_id = 1 + index % p['classes']
             image = classification_scene(image_rng(p['seed'], 'classification', split, index),
                                          p, cls_id)
             save_jpeg(folder / 'JPEGImages' / f'{name}.jpg', image, p['jpeg_quality'])
@@ -321,6 +337,11 @@ def generate(out, **overrides):
     if unknown:
         raise TypeError(f'unknown toy set parameters: {", ".join(sorted(unknown))}')
     p = {**DEFAULTS, **overrides}
+    if not 1 <= p['classes'] <= len(CLASS_HUES):
+        raise SystemExit(f'toy: --classes {p["classes"]}: from 1 to {len(CLASS_HUES)} object '
+                         f'classes (one hue each)')
+    if p['layout'] not in LAYOUTS:
+        raise SystemExit(f'toy: --layout {p["layout"]}: one of {", ".join(LAYOUTS)}')
     out = Path(out)
     meta = read_meta(out)
     if meta is not None and meta['parameters'] == p and meta['generator'] == generator_digest():
@@ -342,8 +363,9 @@ def generate(out, **overrides):
     staging = out.with_name(f'.{out.name}.tmp-{os.getpid()}')
     shutil.rmtree(staging, ignore_errors=True)
     write_segmentation(staging, p, step)
-    write_classification(staging, p, step)
-    meta = {'parameters': p, 'generator': generator_digest(), 'classes': list(CLASS_NAMES)}
+    if p['cls_train'] or p['cls_val']:  # a set of one's own has no classification view
+        write_classification(staging, p, step)
+    meta = {'parameters': p, 'generator': generator_digest(), 'classes': list(class_names(p))}
     (staging / META_NAME).write_text(json.dumps(meta, indent=1) + '\n')
     if out.exists():
         retired = out.with_name(f'.{out.name}.old-{os.getpid()}')
