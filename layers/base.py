@@ -202,11 +202,16 @@ def read_mat(path, key):
 # ---- preprocessing -------------------------------------------------------------------
 
 def load_bgr(path, mean):
-    """An RGB image as Caffe input: float32, channels swapped to BGR, mean
-    subtracted, height x width x channel transposed to channel x height x width."""
+    """An RGB image file as Caffe input (see bgr_input)."""
     rgb = read_image(path)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise DataLayerError('image {} is not RGB (array shape {})'.format(path, rgb.shape))
+    return bgr_input(rgb, mean)
+
+
+def bgr_input(rgb, mean):
+    """An RGB array as Caffe input: float32, channels swapped to BGR, mean subtracted,
+    height x width x channel transposed to channel x height x width."""
     bgr = np.array(rgb, dtype=np.float32)[:, :, ::-1]
     bgr -= mean
     return bgr.transpose((2, 0, 1))
