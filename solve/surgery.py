@@ -13,6 +13,10 @@ convolution of the same name by reshaping: an inner product over a CxHxW input i
 HxW convolution with the same weights laid out the same way, so only the shape of the
 weight array changes, never its element count. The output keeps only the layers that
 received weights, so FCNs for any class count can start from it.
+
+The same rules initialise a net from any weights file when training starts (solve.py,
+`load_weights`), which is how a net is fine-tuned from another: score layers whose shapes
+differ (another class count) are re-initialised, and every decision is reported.
 """
 import argparse
 import os
@@ -35,24 +39,67 @@ class SurgeryError(ValueError):
 class TransplantReport:
     copied: list = field(default_factory=list)      # same name, same shapes
     coerced: list = field(default_factory=list)     # same name, same counts, new shapes
+    reinitialised: list = field(default_factory=list)  # score layers for other classes
     dropped: list = field(default_factory=list)     # only in the source net
     initialised: list = field(default_factory=list)  # only in the target: left as filled
 
     def lines(self):
+        """A line per kind of decision that was taken (copied always)."""
         for title, names in (('copied', self.copied), ('coerced', self.coerced),
-                             ('dropped', self.dropped), ('left as initialised',
-                                                         self.initialised)):
-            yield f'{title} ({len(names)}): {", ".join(names) if names else "-"}'
+                             ('re-initialised for the classes', self.reinitialised),
+                             ('dropped', self.dropped),
+                             ('left as initialised', self.initialised)):
+            if names or title == 'copied':
+                yield f'{title} ({len(names)}): {", ".join(names) if names else "-"}'
 
 
-def transplant(new_net, old_net, suffix=''):
-    """Copy `old_net`'s parameters into `new_net` layer by layer name.
+def is_score_layer(name):
+    """The layers of an FCN's heads, whose shapes follow the class count: score_fr,
+    score_pool4, upscore2, upscore8, ... as models/parts.py names them (suffixed per head)."""
+    return name.startswith(('score', 'upscore'))
+
+
+def _count(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def take(report, name, source_shapes, target_shapes, fresh_scores=False):
+    """How the target layer `name` takes a source layer whose blobs have `source_shapes`;
+    recorded in `report`. Returns 'copy', 'coerce' or None (it keeps its initial values).
+
+    Equal shapes are copied, and so are equal element counts in other shapes, reshaped (a
+    fully connected layer becoming a convolution). A score layer of other shapes is
+    re-initialised: the source scored other classes; with `fresh_scores` every score layer
+    is (other classes of the same count). Any other difference is a SurgeryError.
+    """
+    score = is_score_layer(name)
+    same = len(source_shapes) == len(target_shapes) and all(
+        _shapes_match(old, new) for old, new in zip(source_shapes, target_shapes))
+    if score and (fresh_scores or not same):
+        report.reinitialised.append(name)
+        return None
+    if same:
+        report.copied.append(name)
+        return 'copy'
+    if len(source_shapes) != len(target_shapes):
+        raise SurgeryError(f'layer {name}: the source layer has {len(source_shapes)} '
+                           f'parameter blobs, the target {len(target_shapes)}')
+    for index, (old, new) in enumerate(zip(source_shapes, target_shapes)):
+        if _count(old) != _count(new):
+            raise SurgeryError(
+                f'layer {name} blob {index}: source shape {tuple(old)} ({_count(old)} values) '
+                f'cannot become target shape {tuple(new)} ({_count(new)} values); rename the '
+                f'layer in the new net to learn it from scratch')
+    report.coerced.append(name)
+    return 'coerce'
+
+
+def transplant(new_net, old_net, suffix='', fresh_scores=False):
+    """Copy `old_net`'s parameters into `new_net` layer by layer name (see `take`).
 
     With a suffix (multi-modal nets such as NYUD color-hha, whose layers are named
     conv1_1_color, ...), the target layer `<name><suffix>` takes the source layer `<name>`
-    and target layers without the suffix are not touched. A parameter whose shape differs
-    but whose element count matches is reshaped (fully connected -> convolution); any
-    other difference is a SurgeryError naming the layer and both shapes.
+    and target layers without the suffix are not touched.
     """
     report = TransplantReport()
     used = set()
@@ -64,23 +111,12 @@ def transplant(new_net, old_net, suffix=''):
             report.initialised.append(name)
             continue
         old_blobs = old_net.params[source]
-        if len(old_blobs) != len(blobs):
-            raise SurgeryError(f'layer {name}: the source layer {source} has {len(old_blobs)} '
-                               f'parameter blobs, the target {len(blobs)}')
-        reshaped = False
-        for index, (old, new) in enumerate(zip(old_blobs, blobs)):
-            if old.data.shape == new.data.shape:
-                continue
-            if old.data.size != new.data.size:
-                raise SurgeryError(
-                    f'layer {name} blob {index}: source shape {old.data.shape} '
-                    f'({old.data.size} values) cannot become target shape '
-                    f'{new.data.shape} ({new.data.size} values)')
-            reshaped = True
-        for old, new in zip(old_blobs, blobs):
-            new.data[...] = old.data.reshape(new.data.shape)
-        (report.coerced if reshaped else report.copied).append(name)
         used.add(source)
+        how = take(report, name, [old.data.shape for old in old_blobs],
+                   [new.data.shape for new in blobs], fresh_scores)
+        if how is not None:
+            for old, new in zip(old_blobs, blobs):
+                new.data[...] = old.data.reshape(new.data.shape)
     report.dropped = [name for name in old_net.params if name not in used]
     return report
 
@@ -162,12 +198,14 @@ def modality_suffix(net, modality):
     raise SurgeryError(f'no layer of the net is named for the modality {modality!r}')
 
 
-def load_weights(net, path, suffix=''):
+def load_weights(net, path, suffix='', fresh_scores=False):
     """Initialise `net` from a caffemodel by layer name (Caffe's copy_from), checked first.
 
-    A shape mismatch is a SurgeryError naming the layer (Caffe itself would abort the
-    process). With a suffix, file layer `<name>` initialises net layer `<name><suffix>`.
-    Returns the TransplantReport (`dropped`: file layers the net does not have).
+    Each layer is taken as `take` decides: copied, coerced to the net's shapes, or (score
+    layers for other classes) left to the net's fillers; any other mismatch is a
+    SurgeryError naming the layer (Caffe itself would abort the process). With a suffix,
+    file layer `<name>` initialises net layer `<name><suffix>`. Returns the
+    TransplantReport (`dropped`: file layers the net does not have).
     """
     from caffe.proto import caffe_pb2
     path = Path(path)
@@ -178,39 +216,51 @@ def load_weights(net, path, suffix=''):
         source.ParseFromString(path.read_bytes())
     except Exception as e:  # protobuf's DecodeError, without importing its module path
         raise SurgeryError(f'{path} is not a Caffe weights file ({e})') from e
-    layers = [layer for layer in list(source.layer) + list(source.layers) if layer.blobs]
+    # (field, index) of every layer with parameters; `layers` are old files' V1 layers.
+    layers = [(kind, index) for kind in ('layer', 'layers')
+              for index, layer in enumerate(getattr(source, kind)) if layer.blobs]
     report = TransplantReport()
-    for layer in layers:
+    kept = set()
+    for kind, index in layers:
+        layer = getattr(source, kind)[index]
         target = layer.name + suffix
         if target not in net.params:
             report.dropped.append(layer.name)
             continue
         blobs = net.params[target]
-        if len(layer.blobs) != len(blobs):
-            raise SurgeryError(f'{path} layer {layer.name} has {len(layer.blobs)} parameter '
-                               f'blobs, the net layer {target} {len(blobs)}')
-        for index, (blob, param) in enumerate(zip(layer.blobs, blobs)):
-            if not _shapes_match(_blob_shape(blob), param.data.shape):
-                raise SurgeryError(f'{path} layer {layer.name} blob {index} has shape '
-                                   f'{_blob_shape(blob)}, the net layer {target} '
-                                   f'{param.data.shape}; rename the layer to learn it from '
-                                   f'scratch')
-        report.copied.append(target)
+        try:
+            how = take(report, target, [_blob_shape(blob) for blob in layer.blobs],
+                       [param.data.shape for param in blobs], fresh_scores)
+        except SurgeryError as e:
+            raise SurgeryError(f'{path}: {e}') from e
+        if how is None:
+            continue
+        if how == 'coerce':
+            for blob, param in zip(layer.blobs, blobs):
+                for legacy in ('num', 'channels', 'height', 'width'):
+                    blob.ClearField(legacy)
+                blob.shape.dim[:] = param.data.shape
         layer.name = target
-    if not report.copied:
+        kept.add((kind, index))
+    if not kept:
         raise SurgeryError(f'no layer of {path} matches a layer of the net by name'
                            + (f' with the suffix {suffix!r}' if suffix else ''))
-    report.initialised = [name for name in net.params if name not in report.copied]
-    if not suffix:
+    taken = set(report.copied + report.coerced + report.reinitialised)
+    report.initialised = [name for name in net.params if name not in taken]
+    if not suffix and not report.coerced and len(kept) == len(layers) - len(report.dropped):
         net.copy_from(str(path))
         return report
-    fd, renamed = tempfile.mkstemp(suffix='.caffemodel')
+    adjusted_net = caffe_pb2.NetParameter()
+    for kind in ('layer', 'layers'):
+        getattr(adjusted_net, kind).extend(
+            layer for index, layer in enumerate(getattr(source, kind)) if (kind, index) in kept)
+    fd, adjusted = tempfile.mkstemp(suffix='.caffemodel')
     try:
         with os.fdopen(fd, 'wb') as f:
-            f.write(source.SerializeToString())
-        net.copy_from(renamed)
+            f.write(adjusted_net.SerializeToString())
+        net.copy_from(adjusted)
     finally:
-        os.unlink(renamed)
+        os.unlink(adjusted)
     return report
 
 

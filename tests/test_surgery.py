@@ -135,7 +135,8 @@ def test_load_weights_with_a_modality_suffix_and_shape_checks(tmp_path):
                                   old.params['conv1'][0].data)
     assert not fused.params['conv1hha'][0].data.any()
     wrong, _ = make_net(tmp_path, fcn(fc7_outputs=9), 'wrong')
-    with pytest.raises(surgery.SurgeryError, match='layer fc7 blob 0 has shape'):
+    with pytest.raises(surgery.SurgeryError,
+                       match=r'layer fc7 blob 0: source shape \(8, 10, 1, 1\)'):
         surgery.load_weights(wrong, tmp_path / 'color.caffemodel')
 
 
@@ -217,3 +218,70 @@ def test_expand_score_keeps_the_old_classes(tmp_path):
     assert not big.params['score_fr'][0].data[3:].any()
     with pytest.raises(surgery.SurgeryError):
         surgery.expand_score(small, 'score_fr', big, 'score_fr')
+
+
+# ---- fine-tuning: initialising a net from another's weights -------------------------
+
+def scored_fcn(classes, fc6_kernel=6):
+    """fcn() with a score layer and a fixed upsampling for `classes`, random body weights."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 14, 14]))
+    gaussian = dict(weight_filler=dict(type='gaussian', std=0.3),
+                    bias_filler=dict(type='gaussian', std=0.1))
+    n.conv1 = L.Convolution(n.data, num_output=4, kernel_size=3, **gaussian)
+    n.pool5 = L.Pooling(n.conv1, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    n.fc6 = L.Convolution(n.pool5, num_output=10, kernel_size=fc6_kernel, **gaussian)
+    n.score_fr = L.Convolution(n.fc6, num_output=classes, kernel_size=1, **gaussian)
+    n.upscore = L.Deconvolution(n.score_fr, convolution_param=dict(
+        num_output=classes, kernel_size=4, stride=2, bias_term=False))
+    return n.to_proto()
+
+
+def test_fine_tuning_to_other_classes_copies_the_body_and_starts_the_scores_afresh(tmp_path):
+    source, _ = make_net(tmp_path, scored_fcn(3), 'three')
+    source.save(str(tmp_path / 'three.caffemodel'))
+    # The target's score layer has a filler: re-initialised means left as it filled it.
+    proto = scored_fcn(4)
+    target, _ = make_net(tmp_path, proto, 'four')
+    filled = target.params['score_fr'][0].data.copy()
+    report = surgery.load_weights(target, tmp_path / 'three.caffemodel')
+    assert report.copied == ['conv1', 'fc6']
+    assert report.reinitialised == ['score_fr', 'upscore']
+    assert report.coerced == report.dropped == report.initialised == []
+    for layer in ('conv1', 'fc6'):
+        for old, new in zip(source.params[layer], target.params[layer]):
+            np.testing.assert_array_equal(new.data, old.data)
+    np.testing.assert_array_equal(target.params['score_fr'][0].data, filled)
+    assert any('re-initialised for the classes (2): score_fr, upscore' == line
+               for line in report.lines())
+
+
+def test_same_class_count_copies_the_scores_unless_they_are_fresh(tmp_path):
+    source, _ = make_net(tmp_path, scored_fcn(3), 'a')
+    source.save(str(tmp_path / 'a.caffemodel'))
+    kept, _ = make_net(tmp_path, scored_fcn(3), 'kept')
+    assert surgery.load_weights(kept, tmp_path / 'a.caffemodel').copied == [
+        'conv1', 'fc6', 'score_fr', 'upscore']
+    np.testing.assert_array_equal(kept.params['score_fr'][0].data,
+                                  source.params['score_fr'][0].data)
+    fresh, _ = make_net(tmp_path, scored_fcn(3), 'fresh')
+    filled = fresh.params['score_fr'][0].data.copy()
+    report = surgery.load_weights(fresh, tmp_path / 'a.caffemodel', fresh_scores=True)
+    assert report.reinitialised == ['score_fr', 'upscore'] and report.copied == ['conv1', 'fc6']
+    np.testing.assert_array_equal(fresh.params['score_fr'][0].data, filled)
+
+
+def test_loading_a_classifiers_weights_coerces_its_fully_connected_layers(tmp_path):
+    """load_weights takes an InnerProduct's weights into the convolution of the same name
+    (as to-fcn does); a body layer of another size is still refused."""
+    old, _ = make_net(tmp_path, classifier(), 'classifier')
+    old.save(str(tmp_path / 'classifier.caffemodel'))
+    new, _ = make_net(tmp_path, fcn(), 'fcn')
+    report = surgery.load_weights(new, tmp_path / 'classifier.caffemodel')
+    assert report.copied == ['conv1'] and report.coerced == ['fc6', 'fc7']
+    assert report.dropped == ['fc8'] and report.initialised == ['score_fr']
+    np.testing.assert_array_equal(new.params['fc6'][0].data.reshape(10, -1),
+                                  old.params['fc6'][0].data)
+    smaller, _ = make_net(tmp_path, scored_fcn(3, fc6_kernel=5), 'smaller')
+    with pytest.raises(surgery.SurgeryError, match=r'layer fc6 blob 0: source shape \(10, 144\)'):
+        surgery.load_weights(smaller, tmp_path / 'classifier.caffemodel')
