@@ -17,11 +17,14 @@ class Head:
 
     ignore_absent: leave classes that never occur in the evaluation split out of mean IU
     (SIFT Flow's semantic test set lacks three of its classes).
+    class_names: the classes' names, where the dataset's layer module does not list them
+    (a dataset of one's own names them in its classes.txt).
     """
     score: str
     label: str
     num_classes: int
     ignore_absent: bool = False
+    class_names: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class ModelSpec:
     weight_filler  Caffe filler of the body's weights when training from scratch
     fc6_kernel  the VGG16 FCN's fc6 kernel: the pool5 size of the classifier it comes from
                 (7 for ILSVRC's 224x224 crops)
+    fresh_scores  the score layers start from their fillers even where `init` holds score
+                layers of their shape (fine-tuning to other classes of the same count)
     """
     name: str
     dataset: str
@@ -99,6 +104,7 @@ class ModelSpec:
     fc6_kernel: int = 7
     solver_type: str = 'SGD'
     snapshot: int = 4000
+    fresh_scores: bool = False
 
 
 # ---- reference models --------------------------------------------------------------
@@ -258,3 +264,13 @@ BASE_NETS = {spec.name: spec for spec in (
 )}
 
 MODELS = {spec.name: spec for spec in REFERENCE_MODELS + PAPER_MODELS + TOY_MODELS}
+
+
+# ---- local models: a user's own, declared as data -----------------------------------
+# solve/new_model.py writes models/local/<name>.json (git-ignored): a dataset of one's own
+# and a chain of stages, read here into MODELS so that every tool knows them.
+
+from models import local  # noqa: E402  (builds its ModelSpecs from the classes above)
+
+LOCAL_MODELS = local.read_all(taken=set(MODELS) | set(BASE_NETS))
+MODELS.update({spec.name: spec for model in LOCAL_MODELS for spec in model.stages})

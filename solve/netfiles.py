@@ -53,14 +53,18 @@ def model_file(name, kind, models_dir=MODELS_DIR):
     return path
 
 
-def class_names(dataset, label, num_classes):
-    """Names of a label top's classes from `layers.<dataset>.CLASS_NAMES`, else 'class N'."""
-    try:
-        names = tuple(importlib.import_module(f'layers.{dataset}').CLASS_NAMES[label])
-    except (ImportError, AttributeError, KeyError, TypeError):
-        names = ()
-    if len(names) != num_classes:
-        names = tuple(f'class {i}' for i in range(num_classes))
+def class_names(spec, head):
+    """Names of a head's classes: the head's own (a dataset of one's own names them), else
+    `layers.<dataset>.CLASS_NAMES`, else 'class N'."""
+    names = tuple(head.class_names)
+    if not names:
+        try:
+            names = tuple(importlib.import_module(f'layers.{spec.dataset}')
+                          .CLASS_NAMES[head.label])
+        except (ImportError, AttributeError, KeyError, TypeError):
+            names = ()
+    if len(names) != head.num_classes:
+        names = tuple(f'class {i}' for i in range(head.num_classes))
     return names
 
 

@@ -310,8 +310,7 @@ def score_model(args):
     ids = netfiles.split_ids(net)
     hists = score_net(net, spec.heads, ids, args.shard, args.save_dir,
                       label=f'score {args.model} {split}')
-    names = {h.label: netfiles.class_names(spec.dataset, h.label, h.num_classes)
-             for h in spec.heads}
+    names = {h.label: netfiles.class_names(spec, h) for h in spec.heads}
     ignore = {h.label: args.ignore_absent or h.ignore_absent for h in spec.heads}
     extra = {'model': args.model, 'weights': str(args.weights), 'split': split}
     if args.shard != (0, 1):

@@ -64,6 +64,7 @@ class Stage:
     snapshot_every: int = None  # default: the solver's snapshot interval
     val_images: int = None     # score only the first N val images (quick looks)
     keep_snapshots: int = 0    # keep the newest N snapshots; 0 keeps all
+    fresh_scores: bool = False  # score layers start from their fillers whatever `init` holds
 
 
 # ---- the solver ------------------------------------------------------------------------
@@ -344,11 +345,13 @@ class Trainer:
             for weights, modality in self.stage.init:
                 try:
                     suffix = surgery.modality_suffix(net, modality) if modality else ''
-                    report = surgery.load_weights(net, weights, suffix)
+                    report = surgery.load_weights(net, weights, suffix,
+                                                  self.stage.fresh_scores)
                 except surgery.SurgeryError as e:
                     raise UsageError(str(e)) from e
-                self.say(f'initialised {len(report.copied)} layers from {weights}'
-                         + (f' (as *{suffix})' if suffix else ''))
+                self.say(f'initialised from {weights}' + (f' (as *{suffix})' if suffix else ''))
+                for line in report.lines():
+                    self.say(f'  {line}')
             filled = surgery.interp(net)
             if filled:
                 self.say(f'bilinear upsampling: {", ".join(filled)}')
@@ -592,7 +595,10 @@ def init_weights(spec, weights=None):
     sources = spec.init if isinstance(spec.init, tuple) else (spec.init,)
     pairs = []
     for source in sources:
-        if source in MODELS:
+        if source.endswith('.caffemodel'):
+            path = netfiles.REPO / source
+            hint = 'fetch or make that weights file first'
+        elif source in MODELS:
             path = final_weights(source)
             hint = f'train {source} first (`make {source}`)'
         else:
@@ -619,10 +625,9 @@ def stage_for_model(name, run_dir=None, weights=None, resume=None, **settings):
     run_dir = Path(run_dir) if run_dir else netfiles.RUNS_DIR / name
     if resume == 'auto':
         resume = latest_snapshot(run_dir)
-    names = {h.label: netfiles.class_names(spec.dataset, h.label, h.num_classes)
-             for h in spec.heads}
+    names = {h.label: netfiles.class_names(spec, h) for h in spec.heads}
     stage = Stage(name=name, solver=netfiles.model_file(name, 'solver'), run_dir=run_dir,
-                  heads=tuple(spec.heads), class_names=names,
+                  heads=tuple(spec.heads), class_names=names, fresh_scores=spec.fresh_scores,
                   resume=Path(resume) if resume else None, **settings)
     if stage.resume is None:
         stage = replace(stage, init=init_weights(spec, weights))
