@@ -119,6 +119,8 @@ $(DATA_ROOT)/downloads/%.prepared: | $(VENV_STAMP)
 # on several (one process each, NCCL); the CPU otherwise.
 
 MODEL_NAMES := $(patsubst models/%/solver.prototxt,%,$(wildcard models/*/solver.prototxt))
+# Models of one's own (solve/new_model.py): `make NAME` trains the chain of stages.
+LOCAL_NAMES := $(patsubst models/local/%.json,%,$(wildcard models/local/*.json))
 comma := ,
 DEVICE := $(if $(GPUS),--gpus $(GPUS),$(if $(GPU),--gpu $(GPU),--cpu))
 SCORE_DEVICE := $(if $(GPUS),--gpu $(firstword $(subst $(comma), ,$(GPUS))),$(if $(GPU),--gpu $(GPU),--cpu))
@@ -127,13 +129,14 @@ STRESS_ITERATIONS ?= 3000
 # rules generated into runs/.pipeline.mk; read only when a pipeline target is asked for.
 PIPELINE_RULES := runs/.pipeline.mk
 
-.PHONY: $(MODEL_NAMES) stress
+.PHONY: $(MODEL_NAMES) $(LOCAL_NAMES) stress
 
-ifneq ($(filter $(MODEL_NAMES) demo runs/% weights/%,$(MAKECMDGOALS)),)
+ifneq ($(filter $(MODEL_NAMES) $(LOCAL_NAMES) demo runs/% weights/%,$(MAKECMDGOALS)),)
 include $(PIPELINE_RULES)
 endif
 
-$(PIPELINE_RULES): models/specs.py solve/pipeline.py
+$(PIPELINE_RULES): models/specs.py models/local.py solve/pipeline.py \
+		$(wildcard models/local models/local/*.json)
 	@mkdir -p $(@D)
 	$(PYTHON) solve/pipeline.py > $@.tmp && mv $@.tmp $@
 
@@ -195,6 +198,23 @@ weights/bvlc_googlenet.caffemodel:
 	@echo "$@ is missing: the BVLC GoogLeNet classifier (53 MB). Download it with"
 	@echo "  mkdir -p weights && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
 	@exit 1
+
+# ---- your own data -----------------------------------------------------------------
+# A dataset of one's own (data/check.py: VOC layout or images/ + masks/, and classes.txt)
+# is checked, a model is declared on it (solve/new_model.py NAME --data DIR --from ...,
+# which writes models/local/NAME.json and the prototxts), and `make NAME` checks the data
+# into runs/NAME/data-check.json, trains every stage and scores the last (README: "Train
+# on your own data").
+
+.PHONY: data-check
+
+# It also builds Caffe, which solve/new_model.py, the next step, needs.
+data-check: | caffe ## check a dataset of your own before training on it (DATA=DIR)
+	@test -n "$(DATA)" || { echo "usage: make data-check DATA=DIR (the dataset folder)"; exit 2; }
+	$(PY) data/check.py "$(DATA)"
+
+runs/%/data-check.json:
+	$(PY) data/check.py --model $* --json $@
 
 # ---- bench -------------------------------------------------------------------------
 
