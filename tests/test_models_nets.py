@@ -115,7 +115,7 @@ def test_data_layers_follow_the_contract(name):
     spec = MODELS[name]
     keys = {'voc': {'voc_dir'}, 'sbdd': {'sbdd_dir'}, 'nyud': {'nyud_dir', 'tops'},
             'siftflow': {'siftflow_dir'}, 'pascalcontext': {'voc_dir', 'context_dir'},
-            'toy': {'toy_dir', 'batch_size'}}
+            'toy': {'toy_dir', 'batch_size'}, 'folder': {'data_dir', 'layout', 'classes'}}
     for stage, split in (('train', spec.train_split), ('val', spec.val_split)):
         data, = [layer for layer in read_net(name, stage).layer if layer.type == 'Python']
         module = data.python_param.module
@@ -123,7 +123,7 @@ def test_data_layers_follow_the_contract(name):
         params = json.loads(data.python_param.param_str)
         source = ('sbdd' if data.python_param.layer == 'SBDDSegDataLayer'
                   else module.removeprefix('layers.'))
-        has_mean = source in ('voc', 'sbdd', 'pascalcontext', 'toy')
+        has_mean = source in ('voc', 'sbdd', 'pascalcontext', 'toy', 'folder')
         assert set(params) == keys[source] | {'split', 'randomize', 'seed'} | (
             {'mean'} if has_mean else set())
         assert (params['split'], params['randomize'], params['seed']) == (
