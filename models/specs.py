@@ -46,13 +46,15 @@ class ModelSpec:
     """One net and how to train it.
 
     name        folder under models/
-    dataset     'voc' | 'nyud' | 'siftflow' | 'pascalcontext' | 'toy' ('ilsvrc' for BASE_NETS)
+    dataset     'voc' | 'nyud' | 'siftflow' | 'pascalcontext' | 'toy' ('ilsvrc' for BASE_NETS,
+                'folder' for a dataset of one's own: models/local.py)
     body        'vgg16' | 'alexnet' | 'googlenet'
     stride      32 | 16 | 8: the output stride of the finest score fused (FCN-32s/16s/8s)
     heads       the outputs, each with its own score layers and loss
     init        what training starts from: another model's name (its final weights), a base
                 weights name ('vgg16-fcn', 'alexnet-fcn', 'toy-vgg16-fcn'), a tuple of model
-                names (late fusion: one body from each), or None (from scratch)
+                names (late fusion: one body from each), a weights file ('<path>.caffemodel',
+                relative to the repository), or None (from scratch)
     train_split, val_split, train_data, val_data: the data layer of train/val.prototxt
     val_size    images in val_split: the solver's test_iter (per batch)
     base_lr, momentum, iter_size, max_iter: the solver (lr_policy fixed, weight decay
