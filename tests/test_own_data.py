@@ -389,7 +389,7 @@ def run(clone, *command, ok=True):
     done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)
     assert (done.returncode == 0) == ok, \
         f'{command}: exit {done.returncode}\n{done.stdout}\n{done.stderr}'
-    return done.stdout
+    return done.stdout if ok else done.stdout + done.stderr
 
 
 def toy_set(clone, name, classes, layout):
@@ -446,6 +446,13 @@ def test_own_data_end_to_end(clone):
     score = json.loads((clone / 'runs/toy4-fcn8s/score.json').read_text())
     assert score['class_names'] == ['background', 'red', 'yellow', 'green']
     assert (clone / 'models/specs.py').read_bytes() == specs_before
+
+    # A name is declared once; --force declares it again and moves its runs aside.
+    again = ('solve/new_model.py', 'toy4', '--data', 'data/toy4', '--from', 'toy3')
+    assert 'give --force' in run(clone, *again, ok=False)
+    assert 'moved ' in run(clone, *again, '--force')
+    assert not (clone / 'runs/toy4-fcn8s').exists()
+    assert len(list((clone / 'runs').glob('toy4-fcn8s.replaced-*/final.caffemodel'))) == 1
 
     # A broken dataset stops `make data-check` with the file named.
     label = clone / 'data/toy4/SegmentationClass/train_00002.png'
