@@ -16,7 +16,9 @@ stages without an edit of the table. A declaration holds:
   stages            the chain of stages, coarse to fine, each with: name, stride (32, 16,
                     8), init (a model, base weights or a .caffemodel path: models/specs.py,
                     ModelSpec.init), skip_scales, fresh_scores, and its solver: solver_type,
-                    normalize_loss, base_lr, momentum, iter_size, max_iter, snapshot
+                    normalize_loss, base_lr, momentum, iter_size, max_iter (the run's
+                    length), snapshot and test_every (iterations between snapshots and
+                    between scores of the val net)
 
 Every value may be edited by hand (then `make models` writes the prototxts again).
 Standard library only: the Makefile reads the table with the system python3.
@@ -99,6 +101,7 @@ STAGE_KEYS = {
     'iter_size': (_positive_int, 'a positive integer'),
     'max_iter': (_positive_int, 'a positive integer'),
     'snapshot': (_positive_int, 'a positive integer'),
+    'test_every': (_positive_int, 'a positive integer'),
 }
 
 
@@ -132,7 +135,7 @@ def from_dict(name, declaration, path):
             iter_size=s['iter_size'], max_iter=s['max_iter'], width=float(d['width']),
             fc6_kernel=d['fc6_kernel'], skip_scales=tuple(s['skip_scales']),
             normalize_loss=s['normalize_loss'], deploy_size=tuple(d['deploy_size']),
-            solver_type=s['solver_type'], snapshot=s['snapshot'],
+            solver_type=s['solver_type'], snapshot=s['snapshot'], test_every=s['test_every'],
             fresh_scores=s['fresh_scores']))
     return LocalModel(name, Path(path), d['data'], tuple(d['classes']), d['train_split'],
                       d['val_split'], tuple(stages))

@@ -57,7 +57,8 @@ ATONCE_MODEL = 'voc-fcn8s-atonce'  # the skip scales of an at-once stage
 STRIDES = ('32', '16', '8')
 # Overridable solver values: option -> (declaration key, type).
 SOLVER_OPTIONS = {'solver_type': str, 'normalize_loss': bool, 'base_lr': float,
-                  'momentum': float, 'iter_size': int, 'max_iter': int, 'snapshot': int}
+                  'momentum': float, 'iter_size': int, 'max_iter': int, 'snapshot': int,
+                  'test_every': int}
 NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
@@ -156,7 +157,10 @@ def stages(args, body, keys, first_init, fresh_scores):
             'init': first_init if index == 0 else entries[-1]['name'],
             'skip_scales': list(MODELS[ATONCE_MODEL].skip_scales) if key == 'atonce' else [],
             'fresh_scores': fresh_scores and index == 0,
-            **{field: getattr(recipe, field) for field in SOLVER_OPTIONS}})
+            **{field: getattr(recipe, field) for field in SOLVER_OPTIONS},
+            # The run's length: what the reference's script ran (max_iter of the solver
+            # file unless it said otherwise); a local model's solver says it as it is.
+            'max_iter': recipe.iterations or recipe.max_iter})
     for option, kind in SOLVER_OPTIONS.items():
         text = getattr(args, option)
         if text is not None:
@@ -261,14 +265,14 @@ def describe(model, data, path):
            f'{data["fc6_kernel"]}), from {data["source"]}; mean (B G R) '
            + ' '.join(f'{v:.2f}' for v in data['mean']))
     yield ('  stage                   stride  starts from             solver  loss        '
-           'base_lr  momentum  iter_size  max_iter  snapshot')
+           'base_lr  momentum  iter_size  max_iter  test_every  snapshot')
     for stage in data['stages']:
         loss = 'averaged' if stage['normalize_loss'] else 'summed'
         fresh = ' (fresh scores)' if stage['fresh_scores'] else ''
         yield (f'  {stage["name"]:<23} {stage["stride"]:>6}  {stage["init"] + fresh:<23} '
                f'{stage["solver_type"]:<6}  {loss:<10} {stage["base_lr"]:>8g}  '
                f'{stage["momentum"]:>8g}  {stage["iter_size"]:>9}  {stage["max_iter"]:>8}  '
-               f'{stage["snapshot"]:>8}')
+               f'{stage["test_every"]:>10}  {stage["snapshot"]:>8}')
     chain = ' -> '.join(stage['name'] for stage in data['stages'])
     yield f'wrote the prototxts of {", ".join(f"models/{s.name}/" for s in model.stages)}'
     yield f'next: make {model.name}   (checks the data, trains {chain}, scores the last)'

@@ -5,11 +5,11 @@ starts from and which dataset it needs.
   pipeline.py > runs/.pipeline.mk
 
 For every model of models/specs.py:
-  MODEL: | <dataset stamp> runs/MODEL/score.json
-  runs/MODEL/final.caffemodel: <what it starts from> | <dataset stamp> caffe
-where it starts from the previous stages' final weights (runs/<name>/final.caffemodel),
-base weights made by surgery (weights/<name>.caffemodel) or a named weights file. The
-recipes are the Makefile's.
+  MODEL: | <dataset stamp> $(RUNS)/MODEL/score.json
+  $(RUNS)/MODEL/final.caffemodel: <what it starts from> | <dataset stamp> caffe
+where it starts from the previous stages' final weights ($(RUNS)/<name>/final.caffemodel),
+base weights made by surgery ($(BASE_WEIGHTS)/<name>.caffemodel) or a named weights file.
+The recipes, RUNS (runs, or a short run's folder) and BASE_WEIGHTS are the Makefile's.
 
 For every local model (models/local/NAME.json, declared by solve/new_model.py), `NAME`
 trains its chain of stages and scores the last, and its dataset's stamp is the dataset
@@ -35,8 +35,8 @@ def init_files(spec):
     sources = spec.init if isinstance(spec.init, tuple) else \
         () if spec.init is None else (spec.init,)
     return [source if source.endswith('.caffemodel')
-            else f'runs/{source}/final.caffemodel' if source in MODELS
-            else f'weights/{source}.caffemodel' for source in sources]
+            else f'$(RUNS)/{source}/final.caffemodel' if source in MODELS
+            else f'$(BASE_WEIGHTS)/{source}.caffemodel' for source in sources]
 
 
 def local_check(model):
@@ -55,12 +55,12 @@ def rules():
     for model in LOCAL_MODELS:
         check = local_check(model)
         local_stamps.update((stage.name, check) for stage in model.stages)
-        lines.append(f'{model.name}: | {check} runs/{model.stages[-1].name}/score.json')
+        lines.append(f'{model.name}: | {check} $(RUNS)/{model.stages[-1].name}/score.json')
         lines.append(f'{check}: models/local/{model.path.name} | $(VENV_STAMP)')
     for name, spec in MODELS.items():
         stamp = data_stamp(spec, local_stamps)
-        lines.append(f'{name}: | {stamp} runs/{name}/score.json')
-        lines.append(f'runs/{name}/final.caffemodel: {" ".join(init_files(spec))} '
+        lines.append(f'{name}: | {stamp} $(RUNS)/{name}/score.json')
+        lines.append(f'$(RUNS)/{name}/final.caffemodel: {" ".join(init_files(spec))} '
                      f'| {stamp} caffe')
     return '\n'.join(lines) + '\n'
 

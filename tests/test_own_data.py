@@ -218,7 +218,7 @@ def test_the_folder_layer_feeds_what_the_check_read(tmp_path):
 def declaration(**changes):
     stage = dict(name='mine-fcn32s', stride=32, init='vgg16-fcn', skip_scales=[],
                  fresh_scores=False, solver_type='SGD', normalize_loss=False, base_lr=1e-10,
-                 momentum=0.99, iter_size=1, max_iter=100, snapshot=50)
+                 momentum=0.99, iter_size=1, max_iter=100, snapshot=50, test_every=50)
     return {'format': 1, 'data': 'mine', 'layout': 'voc', 'classes': list(CLASSES),
             'train_split': 'train', 'val_split': 'val', 'val_size': 2, 'mean': [1, 2, 3],
             'deploy_size': [40, 50], 'body': 'vgg16', 'width': 0.125, 'fc6_kernel': 7,
@@ -292,6 +292,9 @@ def test_solver_defaults_are_the_papers_and_every_value_can_be_overridden():
     assert [(s['base_lr'], s['momentum'], s['solver_type'], s['normalize_loss'])
             for s in paper] == [(1e-10, 0.99, 'SGD', False), (1e-12, 0.99, 'SGD', False),
                                 (1e-14, 0.99, 'SGD', False)]
+    # The reference scripts ran 25 x 4000 iterations a stage, scoring every 4000.
+    assert {(s['max_iter'], s['test_every'], s['snapshot']) for s in paper} == {
+        (100000, 4000, 4000)}
     assert [s['init'] for s in paper] == ['vgg16-fcn', 'mine-fcn32s', 'mine-fcn16s']
     alexnet, = plan(body='alexnet', keys=['32'])
     assert (alexnet['base_lr'], alexnet['momentum'], alexnet['iter_size'],
@@ -302,8 +305,8 @@ def test_solver_defaults_are_the_papers_and_every_value_can_be_overridden():
             for s in adam] == [('Adam', 1e-4, 100, False), ('Adam', 1e-4, 50, False),
                                ('Adam', 1e-4, 20, False)]
     atonce, = plan(keys=['atonce'])
-    assert (atonce['stride'], atonce['skip_scales'], atonce['base_lr']) == (
-        8, [0.01, 0.0001], 1e-10)
+    assert (atonce['stride'], atonce['skip_scales'], atonce['base_lr'], atonce['max_iter']) == (
+        8, [0.01, 0.0001], 1e-10, 300000)
     assert [s['fresh_scores'] for s in plan(fresh=True)] == [True, False, False]
     with pytest.raises(SystemExit, match='one per stage'):
         plan('--max-iter', '1,2')
@@ -325,7 +328,7 @@ def test_sources_resolve_to_what_training_starts_from():
     # every classifier's base weights have a Makefile rule
     makefile = (netfiles.REPO / 'Makefile').read_text()
     for weights in new_model.CLASSIFIER_BASE_WEIGHTS.values():
-        assert f'\nweights/{weights}.caffemodel:' in makefile
+        assert f'\n$(BASE_WEIGHTS)/{weights}.caffemodel:' in makefile
 
 
 # ---- which layers fine-tuning re-initialises ---------------------------------------------
@@ -413,8 +416,9 @@ def test_own_data_end_to_end(clone):
     toy_set(clone, 'toy3', 2, 'simple')
     printed = run(clone, 'make', 'data-check', 'DATA=data/toy3')
     assert '(simple layout), 3 classes' in printed and 'ok: ready to train' in printed
+    short = ('--solver', 'adam', '--max-iter', '2', '--snapshot', '2', '--test-every', '2')
     printed = run(clone, 'solve/new_model.py', 'toy3', '--data', 'data/toy3', '--from',
-                  'toy-vgg16', '--solver', 'adam', '--max-iter', '2', '--snapshot', '2')
+                  'toy-vgg16', *short)
     assert 'next: make toy3' in printed
     assert json.loads((clone / 'models/local/toy3.json').read_text())['data'] == 'toy3'
     printed = run(clone, 'make', 'toy3')
@@ -438,7 +442,7 @@ def test_own_data_end_to_end(clone):
 
     toy_set(clone, 'toy4', 3, 'voc')
     printed = run(clone, 'solve/new_model.py', 'toy4', '--data', 'data/toy4', '--from', 'toy3',
-                  '--solver', 'adam', '--max-iter', '2', '--snapshot', '2')
+                  *short)
     assert 'toy4-fcn8s' in printed and 'toy4-fcn32s' not in printed
     printed = run(clone, 'make', 'toy4')
     assert ('re-initialised for the classes (6): score_fr, upscore2, score_pool4, '
