@@ -335,7 +335,10 @@ def main(argv=None):
                          f'them first (make data-check DATA={args.data})')
     data = declaration(args, report)
     path = local.LOCAL_DIR / f'{args.name}.json'
-    model = local.from_dict(args.name, data, path)  # every value checked before writing
+    try:
+        model = local.from_dict(args.name, data, path)  # every value checked before writing
+    except local.LocalModelError as error:
+        raise UsageError(str(error).replace(f'{path}: ', '', 1)) from None
     if previous is not None:
         retire(previous, {stage.name for stage in model.stages})
     write_model(model, data)
