@@ -18,7 +18,9 @@ SOURCE, what training starts from:
   toy-vgg16                   the demo's toy classifier (`make` trains it if absent)
   MODEL                       an FCN of the table, reference or local (a local NAME means
                               its last stage): its final weights runs/MODEL/final.caffemodel,
-                              or the file --from-weights names (e.g. a released model's)
+                              or the file --from-weights names, or with `--from-weights
+                              released` the reference release's weights of MODEL (`make`
+                              fetches them)
 The body and its width are the source's. Layers whose shapes match are copied; score layers
 for another class count are re-initialised (for the same count too, when the class names
 differ); training prints what was copied, coerced and re-initialised.
@@ -101,6 +103,12 @@ def resolve_source(name, weights_file):
         raise UsageError(f'--from {name}: it takes {" + ".join(spec.modalities)} inputs; '
                          f'start from a net on one 3-channel image')
     init = name
+    if weights_file == netfiles.RELEASED:
+        from models.weights import RELEASED, local_path
+        if name not in RELEASED:
+            raise UsageError(f'--from-weights released: {name} has no released weights; the '
+                             f'reference released: {", ".join(RELEASED)}')
+        weights_file = local_path(name)
     if weights_file:
         path = Path(weights_file).resolve()
         if path.suffix != '.caffemodel' or re.search(r'\s', str(path)):
@@ -289,8 +297,9 @@ def build_parser():
     parser.add_argument('--from', dest='source', required=True, metavar='SOURCE',
                         help='what training starts from: vgg16, caffenet, googlenet, '
                         'toy-vgg16, or a model (see above)')
-    parser.add_argument('--from-weights', metavar='FILE',
-                        help='the FCN source\'s weights, if not runs/SOURCE/final.caffemodel')
+    parser.add_argument('--from-weights', metavar='FILE|released',
+                        help='the FCN source\'s weights, if not runs/SOURCE/final.caffemodel '
+                        '("released": the reference release\'s)')
     parser.add_argument('--stride', default='8', choices=[*STRIDES, 'atonce'],
                         help='the finest stride (default 8: FCN-32s -> 16s -> 8s)')
     parser.add_argument('--solver', default='paper', choices=['paper', 'adam'],

@@ -321,6 +321,11 @@ def test_sources_resolve_to_what_training_starts_from():
                                                     ('background', 'aeroplane'))
     _, init, _, _ = new_model.resolve_source('voc-fcn8s', '/elsewhere/fcn8s.caffemodel')
     assert init == '/elsewhere/fcn8s.caffemodel'
+    # The reference release's weights: the file `make` fetches (models/weights.py).
+    _, init, _, _ = new_model.resolve_source('voc-fcn8s', 'released')
+    assert init == 'weights/released/fcn8s-heavy-pascal.caffemodel'
+    with pytest.raises(SystemExit, match='no released weights'):
+        new_model.resolve_source('voc-fcn-googlenet', 'released')
     with pytest.raises(SystemExit, match='color \\+ hha inputs'):
         new_model.resolve_source('nyud-fcn32s-color-hha', None)
     with pytest.raises(SystemExit, match='neither a classifier'):
