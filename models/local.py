@@ -32,8 +32,13 @@ LOCAL_DIR = Path(__file__).resolve().parent / 'local'
 FORMAT = 1
 
 
-class LocalModelError(ValueError):
-    """A declaration that cannot be read; the message names the file and the key."""
+class LocalModelError(SystemExit):
+    """A declaration that cannot be read; the message names the file and the key. A
+    SystemExit: every tool reads the table, and each stops with this message alone."""
+
+    def __init__(self, message):
+        super().__init__(f'error: {message}')
+        self.message = message
 
 
 @dataclass(frozen=True)

@@ -260,10 +260,13 @@ def write_model(model, data):
     path = model.path
     write_json(path, data)
     for spec in model.stages:
+        folder = generate.MODELS_DIR / spec.name
+        new = not folder.is_dir()  # a folder that exists keeps what git was told about it
         for file, text in generate.render(spec, f'models/local/{path.name}').items():
             generate.write(generate.MODELS_DIR / file, text)
-        (generate.MODELS_DIR / spec.name / '.gitignore').write_text(
-            f'# A local model ({path.relative_to(REPO)}): `git add -f` to commit it.\n*\n')
+        if new:
+            (folder / '.gitignore').write_text(
+                f'# A local model ({path.relative_to(REPO)}): `git add -f` to commit it.\n*\n')
 
 
 def describe(model, data, path):
@@ -347,7 +350,7 @@ def main(argv=None):
     try:
         model = local.from_dict(args.name, data, path)  # every value checked before writing
     except local.LocalModelError as error:
-        raise UsageError(str(error).replace(f'{path}: ', '', 1)) from None
+        raise UsageError(error.message.replace(f'{path}: ', '', 1)) from None
     if previous is not None:
         retire(previous, {stage.name for stage in model.stages})
     write_model(model, data)
