@@ -27,11 +27,20 @@ from models.specs import MODELS  # noqa: E402
 DATA_STAMPS = {'toy': 'toy/toy.json'}
 
 
-def init_files(spec):
-    sources = spec.init if isinstance(spec.init, tuple) else \
+def init_sources(spec):
+    return spec.init if isinstance(spec.init, tuple) else \
         () if spec.init is None else (spec.init,)
+
+
+def init_files(spec):
     return [f'$(RUNS)/{source}/final.caffemodel' if source in MODELS
-            else f'$(BASE_WEIGHTS)/{source}.caffemodel' for source in sources]
+            else f'$(BASE_WEIGHTS)/{source}.caffemodel' for source in init_sources(spec)]
+
+
+def surgery_outputs():
+    """The base weights that surgery makes: what a model starts from that is no model."""
+    return sorted({source for spec in MODELS.values() for source in init_sources(spec)
+                   if source not in MODELS})
 
 
 def data_stamp(spec):
