@@ -13,9 +13,9 @@
 # Caffe is built by caffe-build/build.py with the same pinned Debian source and the same
 # patches as the CPU build: CPU_ONLY off, NCCL on, real code for sm_70 (Volta) to sm_120
 # (Blackwell) plus PTX for compute_120, which newer GPUs compile when the library loads.
-# The CUDA 12.9 base needs an NVIDIA driver of CUDA 12.9 (Linux >= 575.57.08); an older
-# driver of the CUDA 12 family (>= 525.60.13) runs the compiled code through CUDA's minor
-# version compatibility when the container is started with -e NVIDIA_DISABLE_REQUIRE=1.
+# The CUDA 12.9 base asks for an NVIDIA driver of CUDA 12.9 (Linux >= 575.57.08); an older
+# driver of the CUDA 12 family (>= 525.60.13) that it refuses still runs the compiled code,
+# through CUDA's minor version compatibility, with -e NVIDIA_DISABLE_REQUIRE=1.
 # cuDNN is off: Caffe's own CUDA kernels (im2col + cuBLAS GEMM) do every layer. BVLC
 # Caffe's cuDNN layers call algorithm-selection functions that cuDNN 8 removed; a patch
 # replacing them would change which convolution algorithms run (and so results in the last
