@@ -304,7 +304,8 @@ def debian_mirrors(named=(), etc=APT_ETC, os_release=OS_RELEASE):
             if ({'deb', 'deb-src'} & set(entry['types']) and 'main' in entry['components']
                     and suites & set(entry['suites'])):
                 signed_by = entry['signed_by']
-                # A path; a key written out in the entry itself stays with apt's own trust.
+                # A keyring file; a key written into the entry itself does not fit the
+                # one-line entry the fetch writes, which then relies on apt's trusted keys.
                 keyring = signed_by if signed_by and signed_by.startswith('/') \
                     and '\n' not in signed_by else None
                 configured += [(uri, keyring) for uri in entry['uris']
