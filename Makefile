@@ -117,19 +117,39 @@ $(DATA_ROOT)/downloads/%.prepared: | $(VENV_STAMP)
 # Every step is a file, so an interrupted pipeline picks up where it stopped, and a stage
 # that was stopped resumes from its newest snapshot. GPU=N trains on GPU N, GPUS=0,1,...
 # on several (one process each, NCCL); the CPU otherwise.
+#
+# A short run of the same chain, to see it work before spending GPU days: STEPS=N trains
+# every stage N iterations (scored once, at the end), VAL_IMAGES=N validates and scores on
+# the first N val images. A short run lives apart, in runs/short/steps<N>-val<N>/ with its
+# own surgery outputs in weights/ below it, so no full run ever resumes from or starts
+# from its weights; late fusion then starts from its nets' final weights (their
+# snapshots at 28000 and 60000 do not exist).
 
 MODEL_NAMES := $(patsubst models/%/solver.prototxt,%,$(wildcard models/*/solver.prototxt))
 comma := ,
 DEVICE := $(if $(GPUS),--gpus $(GPUS),$(if $(GPU),--gpu $(GPU),--cpu))
 SCORE_DEVICE := $(if $(GPUS),--gpu $(firstword $(subst $(comma), ,$(GPUS))),$(if $(GPU),--gpu $(GPU),--cpu))
 STRESS_ITERATIONS ?= 3000
+ifneq ($(STEPS)$(VAL_IMAGES),)
+RUNS := runs/short/steps$(or $(STEPS),-full)-val$(or $(VAL_IMAGES),-all)
+BASE_WEIGHTS := $(RUNS)/weights
+SHORT_TRAIN := $(if $(STEPS),--iterations $(STEPS) --test-every $(STEPS)) \
+	$(if $(VAL_IMAGES),--val-images $(VAL_IMAGES)) --init-from final
+SHORT_SCORE := $(if $(VAL_IMAGES),--images $(VAL_IMAGES))
+else
+RUNS := runs
+BASE_WEIGHTS := weights
+endif
+# solve.py and score.py find the runs and base weights here.
+export FCN_RUNS_DIR := $(RUNS)
+export FCN_WEIGHTS_DIR := $(BASE_WEIGHTS)
 # What each stage starts from and which dataset it needs come from the model table, as
 # rules generated into runs/.pipeline.mk; read only when a pipeline target is asked for.
 PIPELINE_RULES := runs/.pipeline.mk
 
 .PHONY: $(MODEL_NAMES) stress
 
-ifneq ($(filter $(MODEL_NAMES) demo runs/% weights/%,$(MAKECMDGOALS)),)
+ifneq ($(filter $(MODEL_NAMES) demo runs/% weights/% $(RUNS)/% $(BASE_WEIGHTS)/%,$(MAKECMDGOALS)),)
 include $(PIPELINE_RULES)
 endif
 
@@ -137,29 +157,29 @@ $(PIPELINE_RULES): models/specs.py solve/pipeline.py
 	@mkdir -p $(@D)
 	$(PYTHON) solve/pipeline.py > $@.tmp && mv $@.tmp $@
 
-voc-fcn8s: ## e.g. VOC FCN-32s -> 16s -> 8s from VGG16, scored (`make MODEL` for any model; GPU=N)
+voc-fcn8s: ## e.g. VOC FCN-32s -> 16s -> 8s from VGG16, scored (`make MODEL` for any model; GPU=N; STEPS=N VAL_IMAGES=N for a short run)
 
-$(MODEL_NAMES:%=runs/%/score.json): runs/%/score.json: runs/%/final.caffemodel | caffe
-	$(PY) solve/score.py $* --weights $< --json $@ $(SCORE_DEVICE)
+$(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: $(RUNS)/%/final.caffemodel | caffe
+	$(PY) solve/score.py $* --weights $< --json $@ $(SCORE_DEVICE) $(SHORT_SCORE)
 
 # A final weights file older than what its stage starts from means that stage is trained
 # again: its old snapshots are moved aside, not resumed.
-$(MODEL_NAMES:%=runs/%/final.caffemodel): runs/%/final.caffemodel:
+$(MODEL_NAMES:%=$(RUNS)/%/final.caffemodel): $(RUNS)/%/final.caffemodel:
 	@if [ -e $@ ]; then \
 		echo "$@ is older than what $* starts from: training $* again"; \
-		mv runs/$*/snapshots runs/$*/snapshots-stale-$$(date +%Y%m%d-%H%M%S) 2>/dev/null; \
+		mv $(RUNS)/$*/snapshots $(RUNS)/$*/snapshots-stale-$$(date +%Y%m%d-%H%M%S) 2>/dev/null; \
 		rm -f $@; fi
-	$(PY) solve/solve.py $* $(DEVICE) --resume auto
+	$(PY) solve/solve.py $* $(DEVICE) --resume auto $(SHORT_TRAIN)
 
-weights/vgg16-fcn.caffemodel: weights/VGG_ILSVRC_16_layers.caffemodel | caffe
+$(BASE_WEIGHTS)/vgg16-fcn.caffemodel: weights/VGG_ILSVRC_16_layers.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/vgg16/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn32s/deploy.prototxt --out $@
 
-weights/alexnet-fcn.caffemodel: weights/bvlc_reference_caffenet.caffemodel | caffe
+$(BASE_WEIGHTS)/alexnet-fcn.caffemodel: weights/bvlc_reference_caffenet.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/caffenet/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn-alexnet/deploy.prototxt --out $@
 
-weights/toy-vgg16-fcn.caffemodel: runs/toy-vgg16/final.caffemodel | caffe
+$(BASE_WEIGHTS)/toy-vgg16-fcn.caffemodel: $(RUNS)/toy-vgg16/final.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/toy-vgg16/deploy.prototxt --weights $< \
 		--fcn models/toy-fcn32s/deploy.prototxt --out $@
 
@@ -185,7 +205,7 @@ voc-fcn-googlenet: ## FCN-GoogLeNet on VOC from BVLC GoogLeNet, scored (GPU=N)
 
 GOOGLENET_SHA1 := 405fc5acd08a3bb12de8ee5e23a96bec22f08204
 
-weights/googlenet-fcn.caffemodel: weights/bvlc_googlenet.caffemodel | caffe
+$(BASE_WEIGHTS)/googlenet-fcn.caffemodel: weights/bvlc_googlenet.caffemodel | caffe
 	@echo "$(GOOGLENET_SHA1)  $<" | sha1sum --check --quiet || \
 		{ echo "$< is not BVLC GoogLeNet (sha1 differs): download it again"; exit 1; }
 	$(PY) solve/surgery.py to-fcn --classifier models/googlenet/deploy.prototxt --weights $< \
@@ -220,12 +240,12 @@ bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memo
 # Every step is a file: an interrupted demo resumes, a finished one is not redone.
 
 TOY_STAMP := $(DATA_ROOT)/toy/toy.json
-TOY_SCORES := $(foreach stride,32 16 8,runs/toy-fcn$(stride)s/score.json)
+TOY_SCORES := $(foreach stride,32 16 8,$(RUNS)/toy-fcn$(stride)s/score.json)
 
 .PHONY: data-toy
 
 data-toy: $(TOY_STAMP) ## the embedded toy set: VOC-layout shapes + a classification view
-demo: runs/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~12 min
+demo: $(RUNS)/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~12 min
 
 # The generator leaves a set with the same parameters and code alone; the stamp is then
 # only brought up to date.
@@ -233,5 +253,5 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 	$(PY) data/toy.py --out $(DATA_ROOT)/toy
 	touch $@
 
-runs/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
+$(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
 	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)

@@ -18,7 +18,11 @@ os.environ.setdefault('GLOG_minloglevel', '2')
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / 'models'
-RUNS_DIR = REPO / 'runs'
+# Training runs, and the base weights (surgery's output) training starts from: the
+# Makefile points both elsewhere for a short run (STEPS=N), so a full run never meets it.
+# Relative paths are taken from the repository.
+RUNS_DIR = REPO / os.environ.get('FCN_RUNS_DIR', 'runs')
+WEIGHTS_DIR = REPO / os.environ.get('FCN_WEIGHTS_DIR', 'weights')
 
 
 class UsageError(SystemExit):

@@ -309,11 +309,13 @@ def score_model(args):
                             data_updates={'split': args.split})
     ids = netfiles.split_ids(net)
     hists = score_net(net, spec.heads, ids, args.shard, args.save_dir,
-                      label=f'score {args.model} {split}')
+                      label=f'score {args.model} {split}', limit=args.images)
     names = {h.label: netfiles.class_names(spec.dataset, h.label, h.num_classes)
              for h in spec.heads}
     ignore = {h.label: args.ignore_absent or h.ignore_absent for h in spec.heads}
     extra = {'model': args.model, 'weights': str(args.weights), 'split': split}
+    if args.images:
+        extra['images'] = args.images
     if args.shard != (0, 1):
         extra['shard'] = f'{args.shard[0]}/{args.shard[1]}'
     shard = '' if args.shard == (0, 1) else f'-shard{args.shard[0]}of{args.shard[1]}'
@@ -328,6 +330,8 @@ def build_parser():
     parser.add_argument('model', nargs='?', help='model name (models/specs.py)')
     parser.add_argument('--weights', type=Path, help='trained weights (.caffemodel)')
     parser.add_argument('--split', help="split to score (default: the model's val split)")
+    parser.add_argument('--images', type=int, metavar='N',
+                        help='score only the first N images of the split (a quick look)')
     parser.add_argument('--data-dir', help='data root (default: $FCN_DATA_DIR or data/)')
     parser.add_argument('--save-dir', type=Path, help='write prediction PNGs (palette) here')
     parser.add_argument('--pred-dir', type=Path, help='score saved prediction PNGs ...')
@@ -369,6 +373,8 @@ def main(argv=None):
     else:
         if args.weights is None:
             parser.error('MODEL needs --weights')
+        if args.images is not None and args.images < 1:
+            parser.error(f'--images {args.images}: give at least 1')
         hists, names, ignore, extra, json_path = score_model(args)
     if args.save_hist:
         save_hist(args.save_hist, hists, names, ignore, args.shard)

@@ -36,7 +36,7 @@ import netfiles
 from netfiles import UsageError
 from trainer import FINAL_WEIGHTS, SNAPSHOT_DIR, Stage, StopRequest, latest_snapshot, train
 
-WEIGHTS_DIR = netfiles.REPO / 'weights'
+WEIGHTS_DIR = netfiles.WEIGHTS_DIR
 
 # ---- what a run starts from -------------------------------------------------------------
 
@@ -185,7 +185,8 @@ def plan(name, weights=None, init_from='reference', **settings):
     from google.protobuf import json_format
     return {
         'model': name,
-        'iterations': settings.get('steps') or spec.iterations or spec.max_iter,
+        'iterations': (settings.get('steps') or settings.get('iterations')
+                       or spec.iterations or spec.max_iter),
         'test_every': settings.get('test_every', spec.test_every),
         'snapshot_every': settings.get('snapshot_every', spec.snapshot or spec.test_every),
         'init': init,
@@ -211,9 +212,11 @@ def build_parser():
                         "reference (the table's: final weights, or the snapshots the "
                         "reference took, as for late fusion), final, or best (each net's "
                         "best-validated snapshot)")
-    parser.add_argument('--steps', type=int, metavar='N',
-                        help="iterations to run (default: to the table's run length, what "
+    parser.add_argument('--iterations', type=int, metavar='N',
+                        help="train to iteration N (default: the table's run length, what "
                         "the reference's script ran)")
+    parser.add_argument('--steps', type=int, metavar='N',
+                        help='run N iterations from where training starts or resumes')
     parser.add_argument('--test-every', type=int, metavar='N',
                         help="validate every N iterations (default: the table's, as the "
                         "reference's script; 0: never)")
@@ -237,21 +240,25 @@ def build_parser():
 def main(argv=None):
     import devices
     args = build_parser().parse_args(argv)
-    for flag in ('steps', 'test_every', 'snapshot_every', 'val_images', 'keep_snapshots'):
+    for flag in ('iterations', 'steps', 'test_every', 'snapshot_every', 'val_images',
+                 'keep_snapshots'):
         value = getattr(args, flag)
-        if value is not None and value < (1 if flag in ('steps', 'val_images') else 0):
+        if value is not None and value < (0 if flag in ('test_every', 'snapshot_every',
+                                                        'keep_snapshots') else 1):
             raise UsageError(f'--{flag.replace("_", "-")} {value} is out of range')
     if args.resume not in (None, 'auto') and args.weights:
         raise UsageError('--resume and --weights exclude each other: a snapshot has weights')
     if args.plan:
-        print(json.dumps(plan(args.model, args.weights, args.init_from, steps=args.steps,
+        print(json.dumps(plan(args.model, args.weights, args.init_from,
+                              iterations=args.iterations, steps=args.steps,
                               test_every=args.test_every,
                               snapshot_every=args.snapshot_every), indent=1))
         return 0
     netfiles.set_data_dir(args.data_dir)
     devices.select_device(args)
     stage = stage_for_model(args.model, args.run_dir, args.weights, args.resume,
-                            args.init_from, steps=args.steps, test_every=args.test_every,
+                            args.init_from, iterations=args.iterations, steps=args.steps,
+                            test_every=args.test_every,
                             snapshot_every=args.snapshot_every, val_images=args.val_images,
                             keep_snapshots=args.keep_snapshots)
     return run(stage, args.gpus)
