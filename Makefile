@@ -50,7 +50,7 @@ test: test-caffe test-project ## all tests (what CI runs)
 # compiled in, and GPU code for every architecture asked for (cuobjdump, also a wheel).
 # CUDA 13's nvcc no longer targets Volta (sm_70); the image's CUDA 12 build does.
 GPU_CACHE ?= $(HOME)/.cache/fcn-caffe-gpu
-GPU_ARCHS ?= 75 80 86 89 90
+GPU_ARCHS ?= 75 80 86 89 90 100 120
 GPU_WHEELS := nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-nccl-cu13==2.27.7
 GPU_WHEELS_DIR := $(GPU_CACHE)/wheels-$(shell printf '%s' '$(GPU_WHEELS)' | sha256sum | cut -c1-12)
 CUOBJDUMP_WHEEL := nvidia-cuda-cuobjdump==13.2.51
