@@ -50,7 +50,7 @@ test: test-caffe test-project ## all tests (what CI runs)
 # compiled in, and GPU code for every architecture asked for (cuobjdump, also a wheel).
 # CUDA 13's nvcc no longer targets Volta (sm_70); the image's CUDA 12 build does.
 GPU_CACHE ?= $(HOME)/.cache/fcn-caffe-gpu
-GPU_ARCHS ?= 75 80 86 89 90
+GPU_ARCHS ?= 75 80 86 89 90 100 120
 GPU_WHEELS := nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-nccl-cu13==2.27.7
 GPU_WHEELS_DIR := $(GPU_CACHE)/wheels-$(shell printf '%s' '$(GPU_WHEELS)' | sha256sum | cut -c1-12)
 CUOBJDUMP_WHEEL := nvidia-cuda-cuobjdump==13.2.51
@@ -162,8 +162,13 @@ $(PIPELINE_RULES): models/specs.py models/weights.py models/local.py solve/pipel
 
 voc-fcn8s: ## e.g. VOC FCN-32s -> 16s -> 8s from VGG16, scored (`make MODEL` for any model; GPU=N; STEPS=N VAL_IMAGES=N for a short run)
 
+# The scoring command; SHARDS=N splits it into N pieces merged into score.json (see
+# the cluster section).
+SCORE = $(PY) solve/score.py $* --weights $< --json $(basename $@).json $(SCORE_DEVICE) $(SHORT_SCORE)
+ifeq ($(filter-out 0 1,$(SHARDS)),)
 $(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: $(RUNS)/%/final.caffemodel | caffe
-	$(PY) solve/score.py $* --weights $< --json $@ $(SCORE_DEVICE) $(SHORT_SCORE)
+	$(SCORE)
+endif
 
 # A final weights file older than what its stage starts from means that stage is trained
 # again: its old snapshots are moved aside, not resumed.
@@ -188,6 +193,77 @@ $(BASE_WEIGHTS)/toy-vgg16-fcn.caffemodel: $(RUNS)/toy-vgg16/final.caffemodel | c
 
 stress: caffe ## long runs end cleanly: tiny FCNs train STRESS_ITERATIONS=3000 iterations and exit 0; a diverging run stops with a clear error
 	$(PY) solve/stress.py --iterations $(STRESS_ITERATIONS)
+
+# ---- cluster -----------------------------------------------------------------------
+# `make cluster-MODEL` submits what `make MODEL` would make to SLURM: one job per file
+# (surgery, each stage, the scoring), each running `make THAT-FILE` with the same
+# variables (STEPS, VAL_IMAGES, SHARDS, RUNS, ...), started once the jobs it needs have
+# succeeded; what is done is not submitted. A stage asked to stop (STOP_BEFORE seconds
+# before TIME_LIMIT, or preempted) snapshots and requeues itself, and resumes.
+# `make cluster-all`: every model whose data is prepared; `make cluster-status`: the
+# submitted chains and their jobs; DRY_RUN=1 prints the sbatch commands instead. Logs go
+# to runs/MODEL/slurm/. Settings: below, on the command line, or in cluster.mk.
+#
+# SHARDS=N (also without a cluster, with make -jN) scores each model in N pieces,
+# runs/MODEL/score-shards/I-of-N.npz (score.py --shard I/N --save-hist), merged into
+# runs/MODEL/score.json (score.py --merge); on a cluster the pieces are an array job.
+
+# GPUS_PER_JOB: GPUs of a training job (0: the CPU; scoring takes one). TIME_LIMIT: every
+# job's sbatch --time. STOP_BEFORE: seconds before it when a stage snapshots and requeues.
+# SBATCH_FLAGS: more sbatch options (--qos=long --mem=32G). CLUSTER_EXEC: run make through
+# this, a container runtime (README, "Beyond one machine").
+-include cluster.mk
+GPUS_PER_JOB ?= 1
+CPUS_PER_JOB ?= 4
+PARTITION ?=
+ACCOUNT ?=
+TIME_LIMIT ?=
+STOP_BEFORE ?= 600
+SBATCH_FLAGS ?=
+CLUSTER_EXEC ?=
+CLUSTER_SETTINGS := GPUS_PER_JOB CPUS_PER_JOB PARTITION ACCOUNT TIME_LIMIT STOP_BEFORE \
+	SBATCH_FLAGS CLUSTER_EXEC DRY_RUN
+# The jobs get the command line's other variables (STEPS, RUNS, ...).
+CLUSTER_SUBMIT = $(PYTHON) solve/cluster.py submit --gpus-per-job='$(GPUS_PER_JOB)' \
+	--cpus-per-job='$(CPUS_PER_JOB)' --partition='$(PARTITION)' --account='$(ACCOUNT)' \
+	--time-limit='$(TIME_LIMIT)' --stop-before='$(STOP_BEFORE)' \
+	--sbatch-flags='$(SBATCH_FLAGS)' --exec='$(CLUSTER_EXEC)' $(if $(DRY_RUN),--dry-run) \
+	--settings='$(CLUSTER_SETTINGS)' $(MAKEOVERRIDES)
+
+.PHONY: $(MODEL_NAMES:%=cluster-%) cluster-all cluster-status test-cluster
+
+cluster-voc-fcn8s: ## e.g. submit voc-fcn8s's chain to SLURM (`make cluster-MODEL` for any model; GPUS_PER_JOB, PARTITION, TIME_LIMIT, ...)
+$(MODEL_NAMES:%=cluster-%): cluster-%: $(PIPELINE_RULES)
+	$(CLUSTER_SUBMIT) $*
+
+cluster-all: $(PIPELINE_RULES) ## submit every model whose dataset is prepared to SLURM
+	$(CLUSTER_SUBMIT) --all
+
+cluster-status: ## the chains submitted to SLURM: each job, its state and log
+	$(PYTHON) solve/cluster.py status $(RUNS)
+
+# The tests against a real SLURM: a single-node cluster started and stopped by the tests
+# (as root; Debian's slurm-wlm and munge, installed here when missing).
+test-cluster: caffe ## the toy chain and sharded scoring on a real local SLURM (root)
+	$(PY) tests/local_slurm.py install
+	FCN_CLUSTER_TESTS=1 $(PY) -m pytest tests/test_cluster_slurm.py
+
+ifneq ($(filter-out 0 1,$(SHARDS)),)
+ifeq ($(shell [ "$(SHARDS)" -gt 1 ] 2>/dev/null && echo ok),)
+$(error SHARDS=$(SHARDS): give the number of pieces to score in)
+endif
+SHARD_INDICES := $(shell seq 0 $$(($(SHARDS) - 1)))
+$(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: \
+		$(foreach i,$(SHARD_INDICES),$(RUNS)/%/score-shards/$(i)-of-$(SHARDS).npz)
+	$(PY) solve/score.py --merge $^ --json $@
+
+define SHARD_RULE
+$(MODEL_NAMES:%=$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz): \
+		$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz: $(RUNS)/%/final.caffemodel | caffe
+	$$(SCORE) --shard $1/$(SHARDS) --save-hist $$@
+endef
+$(foreach i,$(SHARD_INDICES),$(eval $(call SHARD_RULE,$(i))))
+endif
 
 # ---- googlenet ---------------------------------------------------------------------
 # FCN-GoogLeNet, the paper's third net (models/README.md, section FCN-GoogLeNet), trains

@@ -70,8 +70,12 @@ def test_training_validates_logs_and_snapshots(tmp_path, capsys):
     assert state.learned_net == 'tiny_iter_20.caffemodel' and state.iter == 20
 
 
-@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signum):
+# SIGTERM twice: a scheduler signals every process of a job, and the job script passes
+# its own signal on; the stop it asks for is one, with a snapshot.
+@pytest.mark.parametrize('signals', [[signal.SIGINT], [signal.SIGTERM],
+                                     [signal.SIGTERM, signal.SIGTERM]])
+def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signals):
+    signum = signals[0]
     solver = stress.write_model(tmp_path / 'model', max_iter=100000, snapshot=100000)
     child = textwrap.dedent(f'''
         import sys, caffe, solve, stress, trainer
@@ -87,7 +91,9 @@ def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signum):
     while time.monotonic() < deadline and (not log.exists() or
                                            len(log.read_text().splitlines()) < 30):
         time.sleep(0.05)
-    process.send_signal(signum)
+    for each in signals:
+        process.send_signal(each)
+        time.sleep(0.05)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
     assert 'stopped by' in out
