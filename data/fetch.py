@@ -8,6 +8,11 @@ Fetcher.fetch(source) returns the path of a verified copy of a source file:
    interruption, renamed to <file> only once complete and verified.
 The URL of a source is, first to last: --url KEY=URL, $FCN_URL_<KEY>,
 <mirror>/<file name> (--mirror or $FCN_DATA_MIRROR), the upstream URL.
+
+Copies of one's own making (re-packed archives, the rehearsal's made-up datasets) are
+verified against checksums their maker declares in a list (--checksums FILE or
+$FCN_CHECKSUMS, lines as md5sum or sha256sum print them): for the files it names, those
+replace the recorded ones, and the fetcher says so.
 """
 import hashlib
 import http.client
@@ -18,11 +23,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from data.sources import SOURCES
 
 CHUNK = 1 << 20
+# The checksum kinds a Source records, by the length of their hex digest.
+DIGEST_KINDS = {32: 'md5', 64: 'sha256'}
 
 
 class FetchError(RuntimeError):
@@ -47,6 +55,33 @@ def mismatches(source, found):
         return None
     return ', '.join('{} {} (expected {})'.format(kind, found[kind], value)
                      for kind, value in recorded.items() if found[kind] != value.lower())
+
+
+def read_checksum_list(path):
+    """{file name: {kind: hex digest}} from a list in the format md5sum and sha256sum
+    print: '<hex digest>  <file name>' a line, the kind told by the digest's length."""
+    declared = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise FetchError('cannot read the checksum list {} ({})'.format(path, error)) from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith('#'):
+            continue
+        match = re.fullmatch(r'([0-9a-fA-F]+) [ *](.+)', line.strip())
+        kind = match and DIGEST_KINDS.get(len(match.group(1)))
+        if not kind:
+            raise FetchError('{} line {}: expected "<md5 or sha256 hex digest>  <file name>", '
+                             'got {!r}'.format(path, number, line))
+        declared.setdefault(match.group(2), {})[kind] = match.group(1).lower()
+    return declared
+
+
+def with_declared_checksums(sources, declared):
+    """The sources, those whose file `declared` names holding its checksums instead."""
+    return {key: replace(source, **{kind: declared[source.filename].get(kind)
+                                    for kind in DIGEST_KINDS.values()})
+            if source.filename in declared else source for key, source in sources.items()}
 
 
 class Progress:
@@ -91,10 +126,12 @@ class Fetcher:
     archives: folders that may already hold some of the files (used in place).
     mirror:   a base URL that serves every file by its name.
     urls:     key -> URL overrides.
+    checksums: a checksum list (see read_checksum_list) whose checksums replace the
+              recorded ones of the files it names.
     """
 
     def __init__(self, downloads, archives=(), mirror=None, urls=None, sources=SOURCES,
-                 attempts=4, retry_wait=2.0, out=None):
+                 attempts=4, retry_wait=2.0, out=None, checksums=None):
         self.downloads = Path(downloads)
         self.archives = [Path(folder) for folder in archives]
         self.mirror = mirror or os.environ.get('FCN_DATA_MIRROR')
@@ -103,9 +140,17 @@ class Fetcher:
         if unknown:
             raise FetchError('--url names unknown source {!r} (known: {})'.format(
                 unknown[0], ', '.join(sorted(sources))))
-        self.sources = sources
         self.attempts, self.retry_wait = attempts, retry_wait
         self.out = out or sys.stdout
+        checksums = checksums or os.environ.get('FCN_CHECKSUMS')
+        if checksums:
+            declared = read_checksum_list(checksums)
+            sources = with_declared_checksums(sources, declared)
+            replaced = sorted(source.filename for source in sources.values()
+                              if source.filename in declared)
+            self.say('NOTE: {} are verified against the checksums declared in {}, not the '
+                     'recorded ones'.format(', '.join(replaced) or 'no files', checksums))
+        self.sources = sources
 
     def say(self, message):
         print(message, file=self.out, flush=True)

@@ -251,7 +251,8 @@ def main(argv=None):
         prog='python -m data.prepare',
         description='Download, verify, unpack and split the FCN datasets.',
         epilog='Environment: FCN_DATA_DIR (data root), FCN_DATA_MIRROR (as --mirror), '
-               'FCN_ARCHIVES (as --archives, colon-separated), FCN_URL_<KEY> (as --url).')
+               'FCN_ARCHIVES (as --archives, colon-separated), FCN_URL_<KEY> (as --url), '
+               'FCN_CHECKSUMS (as --checksums).')
     parser.add_argument('dataset', nargs='?', choices=sorted(DATASETS),
                         help='the dataset to prepare')
     parser.add_argument('--data-dir', type=Path, default=None, metavar='DIR',
@@ -262,6 +263,10 @@ def main(argv=None):
     parser.add_argument('--mirror', metavar='URL', help='base URL serving every archive by its file name')
     parser.add_argument('--url', type=parse_url_override, action='append', default=[],
                         metavar='KEY=URL', help='the URL of one source (keys: see --list)')
+    parser.add_argument('--checksums', type=Path, metavar='FILE',
+                        help='verify the files this list names (lines "<md5 or sha256>  <file '
+                             'name>", as md5sum/sha256sum print them) against its checksums '
+                             'instead of the recorded ones: for copies of your own making')
     parser.add_argument('--list', action='store_true', help='list the sources and exit')
     args = parser.parse_args(argv)
     if args.list:
@@ -273,7 +278,8 @@ def main(argv=None):
     archives = args.archives + [Path(folder) for folder in
                                 os.environ.get('FCN_ARCHIVES', '').split(os.pathsep) if folder]
     try:
-        fetcher = Fetcher(root / 'downloads', archives, args.mirror, dict(args.url))
+        fetcher = Fetcher(root / 'downloads', archives, args.mirror, dict(args.url),
+                          checksums=args.checksums)
         prepare(args.dataset, root, fetcher)
     except (FetchError, ExtractError, PrepareError) as error:
         print('error: {}'.format(error), file=sys.stderr)
