@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+import caffemodel
 import viz
 from netfiles import UsageError
 
@@ -140,13 +141,6 @@ def expand_score(new_net, new_layer, old_net, old_layer):
         new.data[:classes] = old.data
 
 
-def _blob_shape(blob):
-    """A BlobProto's shape; old files give num, channels, height, width instead."""
-    if blob.HasField('shape'):
-        return tuple(blob.shape.dim)
-    return (blob.num, blob.channels, blob.height, blob.width)
-
-
 def _shapes_match(file_shape, net_shape):
     """Caffe's rule: an old 4-D shape matches a net shape padded to 4-D with leading 1s."""
     if len(file_shape) == 4 and len(net_shape) < 4:
@@ -170,8 +164,7 @@ def load_weights(net, path, suffix=''):
     Returns the TransplantReport (`dropped`: file layers the net does not have).
     """
     path = Path(path)
-    source = read_caffemodel(path)
-    layers = [layer for layer in list(source.layer) + list(source.layers) if layer.blobs]
+    layers = [layer for layer in read_caffemodel(path) if layer.shapes]
     report = TransplantReport()
     for layer in layers:
         target = layer.name + suffix
@@ -179,17 +172,16 @@ def load_weights(net, path, suffix=''):
             report.dropped.append(layer.name)
             continue
         blobs = net.params[target]
-        if len(layer.blobs) != len(blobs):
-            raise SurgeryError(f'{path} layer {layer.name} has {len(layer.blobs)} parameter '
+        if len(layer.shapes) != len(blobs):
+            raise SurgeryError(f'{path} layer {layer.name} has {len(layer.shapes)} parameter '
                                f'blobs, the net layer {target} {len(blobs)}')
-        for index, (blob, param) in enumerate(zip(layer.blobs, blobs)):
-            if not _shapes_match(_blob_shape(blob), param.data.shape):
+        for index, (shape, param) in enumerate(zip(layer.shapes, blobs)):
+            if not _shapes_match(shape, param.data.shape):
                 raise SurgeryError(f'{path} layer {layer.name} blob {index} has shape '
-                                   f'{_blob_shape(blob)}, the net layer {target} '
+                                   f'{shape}, the net layer {target} '
                                    f'{param.data.shape}; rename the layer to learn it from '
                                    f'scratch')
         report.copied.append(target)
-        layer.name = target
     if not report.copied:
         raise SurgeryError(f'no layer of {path} matches a layer of the net by name'
                            + (f' with the suffix {suffix!r}' if suffix else ''))
@@ -198,9 +190,10 @@ def load_weights(net, path, suffix=''):
         net.copy_from(str(path))
         return report
     fd, renamed = tempfile.mkstemp(suffix='.caffemodel')
+    os.close(fd)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(source.SerializeToString())
+        caffemodel.write_layers(path, renamed, rename={layer.name: layer.name + suffix
+                                                       for layer in layers})
         net.copy_from(renamed)
     finally:
         os.unlink(renamed)
@@ -208,17 +201,15 @@ def load_weights(net, path, suffix=''):
 
 
 def read_caffemodel(path):
-    """A caffemodel's NetParameter, or a SurgeryError naming the file."""
-    from caffe.proto import caffe_pb2
+    """A caffemodel's layers (caffemodel.LayerRecord: names and blob shapes, not the
+    weights), or a SurgeryError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SurgeryError(f'weights file {path} does not exist')
-    source = caffe_pb2.NetParameter()
     try:
-        source.ParseFromString(path.read_bytes())
-    except Exception as e:  # protobuf's DecodeError, without importing its module path
-        raise SurgeryError(f'{path} is not a Caffe weights file ({e})') from e
-    return source
+        return caffemodel.read_layers(path)
+    except caffemodel.CaffemodelError as e:
+        raise SurgeryError(str(e)) from e
 
 
 def widen_input(net, layer, path, source_layer):
@@ -231,10 +222,11 @@ def widen_input(net, layer, path, source_layer):
     ReLU passes no gradient at zero, and the net never learns from its input.
     """
     from caffe.io import blobproto_to_array
-    found = [entry for entry in read_caffemodel(path).layer if entry.name == source_layer]
+    found = [record for record in read_caffemodel(path) if record.name == source_layer]
     if not found:
         raise SurgeryError(f'{path} has no layer {source_layer} to initialise {layer} from')
-    weights, bias = (blobproto_to_array(blob) for blob in found[0].blobs)
+    weights, bias = (blobproto_to_array(blob)
+                     for blob in caffemodel.parse_layer(path, found[0]).blobs)
     target = net.params[layer][0].data
     channels = weights.shape[1]
     if target.shape[0] != weights.shape[0] or target.shape[2:] != weights.shape[2:] \
@@ -277,16 +269,13 @@ def single_image_net(prototxt, spatial=None):
 
 def save_layers(net, path, keep):
     """Save only the layers named in `keep` as a caffemodel, atomically."""
-    from caffe.proto import caffe_pb2
-
     def save(tmp):
-        net.save(str(tmp))
-        full = caffe_pb2.NetParameter()
-        full.ParseFromString(Path(tmp).read_bytes())
-        kept = [layer for layer in full.layer if layer.name in keep]
-        del full.layer[:]
-        full.layer.extend(kept)
-        Path(tmp).write_bytes(full.SerializeToString())
+        whole = Path(tmp).with_name(Path(tmp).name + '.all')
+        try:
+            net.save(str(whole))
+            caffemodel.write_layers(whole, tmp, keep=set(keep))
+        finally:
+            whole.unlink(missing_ok=True)
 
     viz.atomic_save(path, save)
 
