@@ -140,6 +140,8 @@ else
 RUNS := runs
 BASE_WEIGHTS := weights
 endif
+# The ILSVRC classifiers surgery starts from (the rehearsal points it at its stand-ins).
+CLASSIFIER_DIR ?= weights
 # solve.py and score.py find the runs and base weights here.
 export FCN_RUNS_DIR := $(RUNS)
 export FCN_WEIGHTS_DIR := $(BASE_WEIGHTS)
@@ -171,11 +173,11 @@ $(MODEL_NAMES:%=$(RUNS)/%/final.caffemodel): $(RUNS)/%/final.caffemodel:
 		rm -f $@; fi
 	$(PY) solve/solve.py $* $(DEVICE) --resume auto $(SHORT_TRAIN)
 
-$(BASE_WEIGHTS)/vgg16-fcn.caffemodel: weights/VGG_ILSVRC_16_layers.caffemodel | caffe
+$(BASE_WEIGHTS)/vgg16-fcn.caffemodel: $(CLASSIFIER_DIR)/VGG_ILSVRC_16_layers.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/vgg16/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn32s/deploy.prototxt --out $@
 
-$(BASE_WEIGHTS)/alexnet-fcn.caffemodel: weights/bvlc_reference_caffenet.caffemodel | caffe
+$(BASE_WEIGHTS)/alexnet-fcn.caffemodel: $(CLASSIFIER_DIR)/bvlc_reference_caffenet.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/caffenet/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn-alexnet/deploy.prototxt --out $@
 
@@ -184,14 +186,14 @@ $(BASE_WEIGHTS)/toy-vgg16-fcn.caffemodel: $(RUNS)/toy-vgg16/final.caffemodel | c
 		--fcn models/toy-fcn32s/deploy.prototxt --out $@
 
 # The ILSVRC classifiers are downloaded by hand (they are not redistributed here).
-weights/VGG_ILSVRC_16_layers.caffemodel:
+$(CLASSIFIER_DIR)/VGG_ILSVRC_16_layers.caffemodel:
 	@echo "$@ is missing: the ILSVRC-2014 VGG16 classifier (528 MB). Download it with"
-	@echo "  mkdir -p weights && wget -O $@ http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel"
+	@echo "  mkdir -p $(@D) && wget -O $@ http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel"
 	@exit 1
 
-weights/bvlc_reference_caffenet.caffemodel:
+$(CLASSIFIER_DIR)/bvlc_reference_caffenet.caffemodel:
 	@echo "$@ is missing: the BVLC reference CaffeNet classifier (233 MB). Download it with"
-	@echo "  mkdir -p weights && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel"
+	@echo "  mkdir -p $(@D) && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel"
 	@exit 1
 
 stress: caffe ## long runs end cleanly: tiny FCNs train STRESS_ITERATIONS=3000 iterations and exit 0; a diverging run stops with a clear error
@@ -205,15 +207,15 @@ voc-fcn-googlenet: ## FCN-GoogLeNet on VOC from BVLC GoogLeNet, scored (GPU=N)
 
 GOOGLENET_SHA1 := 405fc5acd08a3bb12de8ee5e23a96bec22f08204
 
-$(BASE_WEIGHTS)/googlenet-fcn.caffemodel: weights/bvlc_googlenet.caffemodel | caffe
+$(BASE_WEIGHTS)/googlenet-fcn.caffemodel: $(CLASSIFIER_DIR)/bvlc_googlenet.caffemodel | caffe
 	@echo "$(GOOGLENET_SHA1)  $<" | sha1sum --check --quiet || \
 		{ echo "$< is not BVLC GoogLeNet (sha1 differs): download it again"; exit 1; }
 	$(PY) solve/surgery.py to-fcn --classifier models/googlenet/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn-googlenet/deploy.prototxt --out $@
 
-weights/bvlc_googlenet.caffemodel:
+$(CLASSIFIER_DIR)/bvlc_googlenet.caffemodel:
 	@echo "$@ is missing: the BVLC GoogLeNet classifier (53 MB). Download it with"
-	@echo "  mkdir -p weights && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
+	@echo "  mkdir -p $(@D) && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
 	@exit 1
 
 # ---- bench -------------------------------------------------------------------------
@@ -255,3 +257,18 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 
 $(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
 	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)
+
+# ---- rehearsal ---------------------------------------------------------------------
+# Every real pipeline at full size on the CPU, with only the iteration and image counts
+# cut: for each FCN of the table, `make MODEL STEPS=N VAL_IMAGES=N` on made-up datasets in
+# the real formats at real image sizes (served on 127.0.0.1 as the download mirror) and
+# random ILSVRC classifiers of the real size and format, all in REHEARSAL_DIR. One line a
+# model: stages, seconds, peak memory, mean IU. Measured times: README, "The rehearsal".
+
+REHEARSAL_DIR ?= runs/rehearsal
+
+.PHONY: rehearsal
+
+rehearsal: caffe ## every FCN's make target at full size on the CPU, a few iterations each (MODELS=..., STEPS=1, VAL_IMAGES=2)
+	$(PY) solve/rehearsal.py --dir $(REHEARSAL_DIR) --steps $(or $(STEPS),1) \
+		--val-images $(or $(VAL_IMAGES),2) $(subst $(comma), ,$(MODELS))
