@@ -151,11 +151,11 @@ PIPELINE_RULES := runs/.pipeline.mk
 
 .PHONY: $(MODEL_NAMES) stress
 
-ifneq ($(filter $(MODEL_NAMES) demo runs/% weights/% $(RUNS)/% $(BASE_WEIGHTS)/%,$(MAKECMDGOALS)),)
+ifneq ($(filter $(MODEL_NAMES) demo runs/% weights/% $(RUNS)/% $(BASE_WEIGHTS)/% released-% eval-%,$(MAKECMDGOALS)),)
 include $(PIPELINE_RULES)
 endif
 
-$(PIPELINE_RULES): models/specs.py solve/pipeline.py
+$(PIPELINE_RULES): models/specs.py models/weights.py solve/pipeline.py
 	@mkdir -p $(@D)
 	$(PYTHON) solve/pipeline.py > $@.tmp && mv $@.tmp $@
 
@@ -185,17 +185,6 @@ $(BASE_WEIGHTS)/toy-vgg16-fcn.caffemodel: $(RUNS)/toy-vgg16/final.caffemodel | c
 	$(PY) solve/surgery.py to-fcn --classifier models/toy-vgg16/deploy.prototxt --weights $< \
 		--fcn models/toy-fcn32s/deploy.prototxt --out $@
 
-# The ILSVRC classifiers are downloaded by hand (they are not redistributed here).
-$(CLASSIFIER_DIR)/VGG_ILSVRC_16_layers.caffemodel:
-	@echo "$@ is missing: the ILSVRC-2014 VGG16 classifier (528 MB). Download it with"
-	@echo "  mkdir -p $(@D) && wget -O $@ http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel"
-	@exit 1
-
-$(CLASSIFIER_DIR)/bvlc_reference_caffenet.caffemodel:
-	@echo "$@ is missing: the BVLC reference CaffeNet classifier (233 MB). Download it with"
-	@echo "  mkdir -p $(@D) && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel"
-	@exit 1
-
 stress: caffe ## long runs end cleanly: tiny FCNs train STRESS_ITERATIONS=3000 iterations and exit 0; a diverging run stops with a clear error
 	$(PY) solve/stress.py --iterations $(STRESS_ITERATIONS)
 
@@ -205,18 +194,49 @@ stress: caffe ## long runs end cleanly: tiny FCNs train STRESS_ITERATIONS=3000 i
 
 voc-fcn-googlenet: ## FCN-GoogLeNet on VOC from BVLC GoogLeNet, scored (GPU=N)
 
-GOOGLENET_SHA1 := 405fc5acd08a3bb12de8ee5e23a96bec22f08204
-
 $(BASE_WEIGHTS)/googlenet-fcn.caffemodel: $(CLASSIFIER_DIR)/bvlc_googlenet.caffemodel | caffe
-	@echo "$(GOOGLENET_SHA1)  $<" | sha1sum --check --quiet || \
-		{ echo "$< is not BVLC GoogLeNet (sha1 differs): download it again"; exit 1; }
 	$(PY) solve/surgery.py to-fcn --classifier models/googlenet/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn-googlenet/deploy.prototxt --out $@
 
-$(CLASSIFIER_DIR)/bvlc_googlenet.caffemodel:
-	@echo "$@ is missing: the BVLC GoogLeNet classifier (53 MB). Download it with"
-	@echo "  mkdir -p $(@D) && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
-	@exit 1
+# ---- published weights -------------------------------------------------------------
+# The ILSVRC classifiers surgery starts from and the trained FCNs of the reference release,
+# from one table (models/weights.py), fetched, resumed and verified like the datasets, with
+# the same overrides: FCN_DATA_MIRROR (serving the published file names), FCN_ARCHIVES,
+# FCN_URL_<KEY> (the keys: `.venv/bin/python -m data.prepare --list`). The classifiers go
+# to weights/, the released FCNs to weights/released/; `make eval-MODEL` scores those on
+# the model's evaluation split into runs/released/MODEL/score.json (VAL_IMAGES=N: on its
+# first N images, into the short run's folder), and `make report` sets every model's
+# published, released and own scores side by side.
+
+.PHONY: eval-released report
+# Downloads are renamed into place only when complete and verified: never delete them.
+.PRECIOUS: weights/%.caffemodel
+
+weights/%.caffemodel: | $(VENV_STAMP)
+	$(PY) -m data.prepare --weights $@
+
+# Classifiers kept elsewhere (CLASSIFIER_DIR, as the rehearsal does) are fetched there.
+ifneq ($(CLASSIFIER_DIR),weights)
+.PRECIOUS: $(CLASSIFIER_DIR)/%.caffemodel
+$(CLASSIFIER_DIR)/%.caffemodel: | $(VENV_STAMP)
+	$(PY) -m data.prepare --weights $@
+endif
+
+released-voc-fcn8s: ## fetch the reference release's weights (`make released-MODEL` for any released model)
+eval-voc-fcn8s: ## score the released weights on the model's val split (`make eval-MODEL`)
+
+$(RUNS)/released/%/score.json: | caffe
+	$(PY) solve/score.py $* --weights released --json $@ $(SCORE_DEVICE) $(SHORT_SCORE)
+
+released-% eval-%:
+	@echo "error: no released weights for $*; the reference released: $(RELEASED_MODELS)"; exit 1
+
+eval-released: $(RELEASED_WITH_DATA:%=eval-%) ## score every released model whose dataset is prepared
+	@echo "scored the released weights of: $(or $(strip $(RELEASED_WITH_DATA)),none)"
+	@echo "no dataset prepared for: $(or $(filter-out $(RELEASED_WITH_DATA),$(RELEASED_MODELS)),-)"
+
+report: | $(VENV_STAMP) ## paper vs released weights vs your runs: runs/report/reproduction.{md,png}
+	$(PY) solve/report.py
 
 # ---- bench -------------------------------------------------------------------------
 

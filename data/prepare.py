@@ -4,7 +4,9 @@
     python -m data.prepare nyud            # NYUDv2 (Gupta et al. 40 classes, HHA)
     python -m data.prepare siftflow        # SIFT Flow, trainval/test splits
     python -m data.prepare pascalcontext   # VOC2010 + PASCAL-Context 59 classes
-    python -m data.prepare --list          # the sources, their URLs and checksums
+    python -m data.prepare --weights voc-fcn8s vgg16
+                                           # published weights (models/weights.py)
+    python -m data.prepare --list          # every source: key, file, URL, checksum
 
 Every step is idempotent: a finished step is skipped (its output exists), an
 interrupted download resumes, an interrupted unpacking starts over, a corrupt
@@ -17,6 +19,11 @@ Results (the layers' layouts, see layers/*.py):
     siftflow       sift-flow/ with trainval.txt, test.txt
     pascalcontext  pascal/VOC2010/, pascal-context/{trainval/, labels.txt, 59_labels.txt}
 and a stamp downloads/<dataset>.prepared that the Make targets depend on.
+
+--weights NET fetches the caffemodel published for a net of the model table: an ILSVRC
+classifier into weights/<file>, a released FCN into weights/released/<file>; named by a
+path ending in its published file name (as the Makefile's rules do), it is fetched to that
+path. The same overrides apply.
 """
 import argparse
 import json
@@ -32,6 +39,7 @@ from data import data_root
 from data.extract import ExtractError, extract, find_root
 from data.fetch import FetchError, Fetcher, place
 from data.sources import SOURCES
+from models import weights as published
 
 # Split sizes of the reference release, reported beside what was derived.
 REFERENCE_COUNTS = {
@@ -229,14 +237,53 @@ def prepare(dataset, root, fetcher):
     fetcher.say('{} is ready under {}'.format(dataset, root))
 
 
+# Every source a --url KEY=URL or FCN_URL_<KEY> may name: datasets and weights.
+ALL_SOURCES = {**SOURCES, **published.SOURCES}
+
+
+def weights_target(text):
+    """(net, destination) of what --weights `text` names: a net of the weights table,
+    fetched to its place (weights/<file>, weights/released/<file>), or a file named as a
+    published file, fetched there (as make asks for weights/released/<file>, or for the
+    classifiers in another CLASSIFIER_DIR)."""
+    if text in published.WEIGHTS:
+        return text, published.local_path(text)
+    for name, source in published.WEIGHTS.items():
+        if Path(text).name == source.filename:
+            return name, Path(text)
+    raise PrepareError('{!r} names no published weights; nets: {}; files: weights/<file> '
+                       '(see --list)'.format(text, ', '.join(published.WEIGHTS)))
+
+
+def fetch_weights(name, archives=(), mirror=None, urls=None, out=None, destination=None,
+                  checksums=None):
+    """A verified copy of the weights published for net `name` at `destination` (default:
+    its place under weights/)."""
+    destination = Path(destination or published.local_path(name))
+    fetcher = Fetcher(destination.parent, archives, mirror, urls, sources=ALL_SOURCES, out=out,
+                      checksums=checksums)
+    place(fetcher, published.WEIGHTS[name].key, destination)
+    fetcher.say('{}: {}'.format(name, destination))
+    return destination
+
+
 def list_sources():
-    for source in SOURCES.values():
+    def show(source, where):
         checksums = ', '.join('{} {}'.format(kind, getattr(source, kind))
-                              for kind in ('md5', 'sha256') if getattr(source, kind))
-        print('{:10} {} ({})\n           {}\n           {}{}'.format(
-            source.key, source.filename, source.size, source.url,
-            checksums or 'no checksum recorded (printed when downloaded)',
-            ' [from {}]'.format(source.origin) if source.origin else ''))
+                              for kind in ('md5', 'sha1', 'sha256') if getattr(source, kind))
+        print('{:22} {} ({}) -> {}\n{:22} {}\n{:22} {}{}\n{:22} override: FCN_URL_{}=URL'.format(
+            source.key, source.filename, source.size, where, '', source.url, '',
+            checksums or 'none published: size and digests recorded at the first download',
+            ' [from {}]'.format(source.origin) if source.origin else '', '',
+            source.key.upper()))
+
+    print('datasets (python -m data.prepare DATASET):')
+    for source in SOURCES.values():
+        show(source, 'downloads/')
+    print('published weights (python -m data.prepare --weights NET):')
+    for name, source in published.WEIGHTS.items():
+        show(source, '{} (NET {})'.format(
+            published.local_path(name).relative_to(published.REPO), name))
 
 
 def parse_url_override(text):
@@ -249,38 +296,50 @@ def parse_url_override(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m data.prepare',
-        description='Download, verify, unpack and split the FCN datasets.',
+        description='Download, verify, unpack and split the FCN datasets; fetch the '
+                    'published weights.',
         epilog='Environment: FCN_DATA_DIR (data root), FCN_DATA_MIRROR (as --mirror), '
                'FCN_ARCHIVES (as --archives, colon-separated), FCN_URL_<KEY> (as --url), '
                'FCN_CHECKSUMS (as --checksums).')
     parser.add_argument('dataset', nargs='?', choices=sorted(DATASETS),
                         help='the dataset to prepare')
+    parser.add_argument('--weights', nargs='+', metavar='NET',
+                        help='fetch the published weights of these nets instead (a net of '
+                             'the model table, or a path ending in its published file name: '
+                             'fetched there; see --list)')
     parser.add_argument('--data-dir', type=Path, default=None, metavar='DIR',
                         help='data root (default: $FCN_DATA_DIR, else <repo>/data)')
     parser.add_argument('--archives', type=Path, action='append', default=[], metavar='DIR',
                         help='a folder of already-downloaded archives, used in place '
                              '(repeatable)')
-    parser.add_argument('--mirror', metavar='URL', help='base URL serving every archive by its file name')
+    parser.add_argument('--mirror', metavar='URL',
+                        help='base URL serving every archive and weights file by its file name')
     parser.add_argument('--url', type=parse_url_override, action='append', default=[],
                         metavar='KEY=URL', help='the URL of one source (keys: see --list)')
     parser.add_argument('--checksums', type=Path, metavar='FILE',
-                        help='verify the files this list names (lines "<md5 or sha256>  <file '
-                             'name>", as md5sum/sha256sum print them) against its checksums '
-                             'instead of the recorded ones: for copies of your own making')
+                        help='verify the files this list names (lines "<md5, sha1 or sha256>  '
+                             '<file name>", as md5sum/sha1sum/sha256sum print them) against its '
+                             'checksums instead of the published ones: for copies of your own '
+                             'making')
     parser.add_argument('--list', action='store_true', help='list the sources and exit')
     args = parser.parse_args(argv)
     if args.list:
         list_sources()
         return 0
-    if not args.dataset:
-        parser.error('name a dataset ({}) or --list'.format(', '.join(sorted(DATASETS))))
+    if not args.dataset and not args.weights:
+        parser.error('name a dataset ({}), --weights NET or --list'.format(
+            ', '.join(sorted(DATASETS))))
     root = (args.data_dir or data_root()).resolve()
     archives = args.archives + [Path(folder) for folder in
                                 os.environ.get('FCN_ARCHIVES', '').split(os.pathsep) if folder]
     try:
-        fetcher = Fetcher(root / 'downloads', archives, args.mirror, dict(args.url),
+        for name, destination in [weights_target(text) for text in args.weights or ()]:
+            fetch_weights(name, archives, args.mirror, dict(args.url), destination=destination,
                           checksums=args.checksums)
-        prepare(args.dataset, root, fetcher)
+        if args.dataset:
+            fetcher = Fetcher(root / 'downloads', archives, args.mirror, dict(args.url),
+                              sources=ALL_SOURCES, checksums=args.checksums)
+            prepare(args.dataset, root, fetcher)
     except (FetchError, ExtractError, PrepareError) as error:
         print('error: {}'.format(error), file=sys.stderr)
         return 1

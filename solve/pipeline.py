@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Make rules of the training pipeline, from the model table: what each model's training
-starts from and which dataset it needs.
+starts from and which dataset it needs; and of the released weights, from the weights
+table.
 
   pipeline.py > runs/.pipeline.mk
 
@@ -8,10 +9,15 @@ For every model of models/specs.py:
   MODEL: | <dataset stamp> $(RUNS)/MODEL/score.json
   $(RUNS)/MODEL/final.caffemodel: <what it starts from> | <dataset stamp> caffe
 where it starts from the previous stages' final weights ($(RUNS)/<name>/final.caffemodel)
-or base weights made by surgery ($(BASE_WEIGHTS)/<name>.caffemodel). The recipes, RUNS
-(runs, or a short run's folder) and BASE_WEIGHTS are the Makefile's.
+or base weights made by surgery ($(BASE_WEIGHTS)/<name>.caffemodel). For every model the
+reference released (models/weights.py):
+  released-MODEL: weights/released/<file>
+  eval-MODEL: $(RUNS)/released/MODEL/score.json
+  $(RUNS)/released/MODEL/score.json: weights/released/<file> | <dataset stamp>
+and the lists RELEASED_MODELS and RELEASED_WITH_DATA (those whose dataset is prepared).
+The recipes, RUNS (runs, or a short run's folder) and BASE_WEIGHTS are the Makefile's.
 
-Only the standard library and models/specs.py (which imports nothing else): the Makefile
+Only the standard library and the two tables (which import nothing else): the Makefile
 runs this with the system python3, before the virtualenv may exist.
 """
 import argparse
@@ -21,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.specs import MODELS  # noqa: E402
+from models.weights import REPO, RELEASED, local_path  # noqa: E402
 
 # Each dataset's mark of being prepared, under the data root. The toy set writes toy.json
 # last, so its presence means the set is complete.
@@ -45,6 +52,15 @@ def rules():
         lines.append(f'{name}: | {stamp} $(RUNS)/{name}/score.json')
         lines.append(f'$(RUNS)/{name}/final.caffemodel: {" ".join(init_files(spec))} '
                      f'| {stamp} caffe')
+    lines.append(f'RELEASED_MODELS := {" ".join(RELEASED)}')
+    for name in RELEASED:
+        stamp = data_stamp(MODELS[name])
+        weights = local_path(name).relative_to(REPO)
+        lines += [f'.PHONY: released-{name} eval-{name}',
+                  f'released-{name}: {weights} ;',
+                  f'eval-{name}: $(RUNS)/released/{name}/score.json ;',
+                  f'$(RUNS)/released/{name}/score.json: {weights} | {stamp}',
+                  f'RELEASED_WITH_DATA += $(if $(wildcard {stamp}),{name})']
     return '\n'.join(lines) + '\n'
 
 

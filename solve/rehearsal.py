@@ -11,7 +11,8 @@ cut:
   an HTTP server on 127.0.0.1 inside this process as the mirror (FCN_DATA_MIRROR) and
   verified against the checksums this rehearsal declares for them (FCN_CHECKSUMS);
 - the ILSVRC classifiers are random VGG16, CaffeNet and GoogLeNet of the real shapes,
-  layer names and file format, carried into base weights by the same surgery rules;
+  layer names and file format, served and verified the same way, fetched by make and
+  carried into base weights by the same surgery rules;
 - every stage of each chain trains N iterations, is validated on the first N val images,
   snapshots, and the model is scored.
 Models run in table order, so a later stage reuses the earlier stages a previous line
@@ -47,22 +48,16 @@ from data import fixtures  # noqa: E402
 from data.fetch import digests  # noqa: E402
 from data.prepare import DATASETS  # noqa: E402
 from models.specs import MODELS  # noqa: E402
+from models.weights import CLASSIFIERS  # noqa: E402
 
 # The 16 FCNs of the table: every model on a real dataset.
 REHEARSED = [name for name, spec in MODELS.items() if spec.dataset in DATASETS]
 
-# The ILSVRC classifiers as published: file name, the deploy definition naming their
-# layers, and whether the file holds Caffe's V1 layers (`layers`, blobs with num, channels,
-# height, width), as the 2014 VGG16 and CaffeNet files do. Whether BVLC GoogLeNet's file
-# does is not known: it is written in the current format, so that both are rehearsed.
-CLASSIFIERS = {
-    'VGG_ILSVRC_16_layers.caffemodel': ('models/vgg16/deploy.prototxt', True),
-    'bvlc_reference_caffenet.caffemodel': ('models/caffenet/deploy.prototxt', True),
-    'bvlc_googlenet.caffemodel': ('models/googlenet/deploy.prototxt', False),
-}
-# The classifiers are put where make looks for them. (Served instead, make would fetch
-# them through the mirror like the datasets.)
-SERVE_CLASSIFIERS = False
+# The ILSVRC classifiers (models/weights.py) whose files hold Caffe's V1 layers (`layers`,
+# blobs with num, channels, height, width), as the 2014 VGG16 and CaffeNet files do.
+# Whether BVLC GoogLeNet's does is not known: it is written in the current format, so that
+# both are rehearsed.
+V1_CLASSIFIERS = ('vgg16', 'caffenet')
 
 DATASET_SIZES = {'voc': fixtures.PASCAL_SIZES, 'pascalcontext': fixtures.PASCAL_SIZES,
                  'nyud': fixtures.NYUD_SIZE, 'siftflow': fixtures.SIFTFLOW_SIZE}
@@ -155,16 +150,17 @@ def to_v1(path):
     Path(path).write_bytes(legacy.SerializeToString())
 
 
-def make_classifier(filename, folder, say):
-    deploy, legacy = CLASSIFIERS[filename]
-    out = Path(folder) / filename
+def make_classifier(net, folder, say):
+    """A random classifier `net` (vgg16, caffenet, googlenet) under its published file name."""
+    deploy = REPO / 'models' / net / 'deploy.prototxt'
+    out = Path(folder) / CLASSIFIERS[net].filename
     started = time.monotonic()
-    random_net_file(REPO / deploy, out, seed=len(filename))
-    if legacy:
+    random_net_file(deploy, out, seed=len(net))
+    if net in V1_CLASSIFIERS:
         to_v1(out)
     say('  {}: random {} weights, {} format, {:.0f} MB, {:.0f} s'.format(
-        filename, Path(deploy).parent.name, 'V1' if legacy else 'current',
-        out.stat().st_size / 1e6, time.monotonic() - started))
+        out.name, net, 'V1' if net in V1_CLASSIFIERS else 'current', out.stat().st_size / 1e6,
+        time.monotonic() - started))
     return out
 
 
@@ -176,9 +172,9 @@ def recipe_key(ids):
     digest = hashlib.sha256()
     digest.update((REPO / 'data' / 'fixtures.py').read_bytes())
     digest.update(json.dumps(ids, sort_keys=True).encode())
-    for filename, (deploy, legacy) in sorted(CLASSIFIERS.items()):
-        digest.update('{} {}'.format(filename, legacy).encode())
-        digest.update((REPO / deploy).read_bytes())
+    for net, source in sorted(CLASSIFIERS.items()):
+        digest.update('{} {} {}'.format(net, source.filename, net in V1_CLASSIFIERS).encode())
+        digest.update((REPO / 'models' / net / 'deploy.prototxt').read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -202,8 +198,8 @@ def make_served(folder, say):
                             unannotated=SIFTFLOW_UNANNOTATED)
     shutil.rmtree(stage)
     say('  {:.0f} s; making the random ILSVRC classifiers ...'.format(time.monotonic() - started))
-    for filename in CLASSIFIERS:
-        make_classifier(filename, served, say)
+    for net in CLASSIFIERS:
+        make_classifier(net, served, say)
     write_checksum_list(served, folder / CHECKSUM_LIST)
     stamp.write_text(key)
     return served
@@ -220,6 +216,7 @@ def write_checksum_list(served, path):
 
 # What make ran, from the commands it echoes: (pattern, stage name).
 STAGE_COMMANDS = (
+    (re.compile(r'-m data\.prepare --weights \S*?([^/\s]+)\.caffemodel'), 'fetch {}'),
     (re.compile(r'-m data\.prepare (\w+)'), 'data-{}'),
     (re.compile(r'solve/surgery\.py to-fcn --classifier models/(\w+)/'), 'surgery {}'),
     (re.compile(r'solve/solve\.py (\S+)'), 'train {}'),
@@ -363,12 +360,6 @@ def rehearse(models, folder, steps, val_images, keep=False, out=None):
             shutil.rmtree(folder / name, ignore_errors=True)
     (folder / 'logs').mkdir(exist_ok=True)
     served = make_served(folder, say)
-    if not SERVE_CLASSIFIERS:
-        (folder / 'classifiers').mkdir(exist_ok=True)
-        for filename in CLASSIFIERS:
-            target = folder / 'classifiers' / filename
-            if not target.exists():
-                os.link(served / filename, target)
     records = []
     with fixtures.FileServer(served) as server:
         env = make_environment(folder, server.url)

@@ -4,6 +4,10 @@ pixel accuracy, mean accuracy, mean IU and frequency-weighted IU from it.
 
 Three ways in:
   score.py MODEL --weights W [--split S]       forward the model's val net over a split
+                                               (W: a .caffemodel, or `released` for the
+                                               reference release's weights of MODEL,
+                                               fetched if absent, scored into
+                                               runs/released/MODEL/score.json)
   score.py --pred-dir P --gt-dir G --num-classes K   compare saved label PNGs
   score.py --merge A.npz B.npz ...             merge the histograms of sharded runs
 
@@ -305,22 +309,35 @@ def score_model(args):
     netfiles.set_data_dir(args.data_dir)
     devices.select_device(args)
     split = args.split or spec.val_split
-    net = netfiles.load_net(netfiles.model_file(args.model, 'val'), args.weights,
+    weights = netfiles.weights_file(args.model, args.weights)
+    net = netfiles.load_net(netfiles.model_file(args.model, 'val'), weights,
                             data_updates={'split': args.split})
+    released = args.weights == netfiles.RELEASED
+    if released:
+        netfiles.require_filled(net, args.model, weights)
     ids = netfiles.split_ids(net)
     hists = score_net(net, spec.heads, ids, args.shard, args.save_dir,
                       label=f'score {args.model} {split}', limit=args.images)
     names = {h.label: netfiles.class_names(spec.dataset, h.label, h.num_classes)
              for h in spec.heads}
     ignore = {h.label: args.ignore_absent or h.ignore_absent for h in spec.heads}
-    extra = {'model': args.model, 'weights': str(args.weights), 'split': split}
+    extra = {'model': args.model, 'weights': str(weights), 'split': split}
+    if released:
+        extra['released'] = True
     if args.images:
         extra['images'] = args.images
     if args.shard != (0, 1):
         extra['shard'] = f'{args.shard[0]}/{args.shard[1]}'
     shard = '' if args.shard == (0, 1) else f'-shard{args.shard[0]}of{args.shard[1]}'
-    json_path = args.json or netfiles.RUNS_DIR / args.model / f'score-{split}{shard}.json'
-    return hists, names, ignore, extra, json_path
+    if released:
+        # The released weights' score on the model's own split is what make and the
+        # reproduction report read.
+        name = 'score.json' if (split, shard) == (spec.val_split, '') else \
+            f'score-{split}{shard}.json'
+        default = netfiles.RUNS_DIR / netfiles.RELEASED / args.model / name
+    else:
+        default = netfiles.RUNS_DIR / args.model / f'score-{split}{shard}.json'
+    return hists, names, ignore, extra, args.json or default
 
 
 def build_parser():
@@ -328,7 +345,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model', nargs='?', help='model name (models/specs.py)')
-    parser.add_argument('--weights', type=Path, help='trained weights (.caffemodel)')
+    parser.add_argument('--weights', help='trained weights (.caffemodel), or "released" for '
+                        "the reference release's weights of MODEL (fetched if absent)")
     parser.add_argument('--split', help="split to score (default: the model's val split)")
     parser.add_argument('--images', type=int, metavar='N',
                         help='score only the first N images of the split (a quick look)')

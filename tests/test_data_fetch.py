@@ -2,6 +2,7 @@
 server on 127.0.0.1, and safe extraction."""
 import hashlib
 import io
+import json
 import os
 import tarfile
 import zipfile
@@ -103,11 +104,44 @@ def test_a_file_failing_its_checksum_twice_is_an_error(tmp_path, server):
     assert not (tmp_path / 'downloads' / 'blob.bin').exists()
 
 
-def test_unknown_checksum_is_accepted_and_printed(tmp_path, server):
+def test_without_a_published_checksum_the_first_copy_is_recorded_and_later_ones_held_to_it(
+        tmp_path, server):
     fetch = fetcher(tmp_path, server, source(md5=None))
+    path = fetch.fetch('blob')
+    assert path.read_bytes() == PAYLOAD
+    record = tmp_path / 'downloads' / 'blob.bin.digests.json'
+    expected = {'size': len(PAYLOAD), 'md5': hashlib.md5(PAYLOAD).hexdigest(),
+                'sha1': hashlib.sha1(PAYLOAD).hexdigest(),
+                'sha256': hashlib.sha256(PAYLOAD).hexdigest()}
+    recorded = json.loads(record.read_text())
+    assert {key: recorded[key] for key in expected} == expected
+    assert recorded['source'] == server.url + '/blob.bin'
+    assert ('NOTE: no checksum is published for blob.bin; recorded its size {} and digests '
+            'md5 {} sha1 {} sha256 {} in {}'.format(*expected.values(), record) in said(fetch))
+    # A damaged copy is refused against the record and fetched again.
+    path.write_bytes(PAYLOAD[:-1] + b'?')
+    again = fetcher(tmp_path, server, source(md5=None))
+    assert again.fetch('blob').read_bytes() == PAYLOAD
+    assert 'sha1 {} (expected {} as recorded in {})'.format(
+        hashlib.sha1(PAYLOAD[:-1] + b'?').hexdigest(), expected['sha1'], record) in said(again)
+    # A server that now holds another file is refused, with what to do if that is right.
+    (server.folder / 'blob.bin').write_bytes(b'another file')
+    path.unlink()
+    with pytest.raises(FetchError, match=r'fails its checksum twice .*size 12 \(expected '
+                                         r'{} as recorded .*delete .*blob.bin.digests.json to '
+                                         r'accept the new one'.format(len(PAYLOAD))):
+        fetcher(tmp_path, server, source(md5=None)).fetch('blob')
+
+
+def test_a_published_sha1_is_checked(tmp_path, server):
+    fetch = fetcher(tmp_path, server, Source('blob', 'blob.bin', 'http://upstream.invalid/x',
+                                             sha1=hashlib.sha1(PAYLOAD).hexdigest()))
     assert fetch.fetch('blob').read_bytes() == PAYLOAD
-    assert ('NOTE: no checksum is recorded for blob.bin; computed md5 {} sha256 {}'.format(
-        hashlib.md5(PAYLOAD).hexdigest(), hashlib.sha256(PAYLOAD).hexdigest()) in said(fetch))
+    assert not (tmp_path / 'downloads' / 'blob.bin.digests.json').exists()
+    wrong = fetcher(tmp_path / 'b', server, Source('blob', 'blob.bin', 'http://x/y', sha1='0' * 40))
+    with pytest.raises(FetchError, match=r'sha1 {} \(expected 0{{40}}\)'.format(
+            hashlib.sha1(PAYLOAD).hexdigest())):
+        wrong.fetch('blob')
 
 
 def test_local_archive_folders_are_used_in_place(tmp_path, server):
@@ -172,7 +206,7 @@ def test_declared_checksums_replace_the_recorded_ones_for_the_files_they_name(tm
     fetch = fetcher(tmp_path, server, recorded, checksums=listed)
     assert fetch.fetch('blob').read_bytes() == PAYLOAD
     assert 'NOTE: blob.bin are verified against the checksums declared in {}, not the ' \
-           'recorded ones'.format(listed) in said(fetch)
+           'published ones'.format(listed) in said(fetch)
     assert Fetcher(tmp_path / 'x', sources={'blob': recorded}).sources['blob'].md5 == '0' * 32
 
     # Verification stays on: a copy that differs from the declared checksum is refused.
@@ -187,7 +221,7 @@ def test_declared_checksums_replace_the_recorded_ones_for_the_files_they_name(tm
 def test_a_malformed_checksum_list_names_its_line(tmp_path, server):
     listed = tmp_path / 'own.md5'
     listed.write_text('{}  blob.bin\nabc  blob.bin\n'.format('a' * 32))
-    with pytest.raises(FetchError, match=r'own.md5 line 2: expected "<md5 or sha256 hex digest>'):
+    with pytest.raises(FetchError, match=r'own.md5 line 2: expected "<md5, sha1 or sha256 hex digest>'):
         fetcher(tmp_path, server, checksums=listed)
     with pytest.raises(FetchError, match='cannot read the checksum list'):
         fetcher(tmp_path, server, checksums=tmp_path / 'missing.md5')

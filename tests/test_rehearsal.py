@@ -84,6 +84,32 @@ def test_make_prepares_a_dataset_from_the_served_archives(tmp_path):
     assert (tmp_path / 'data/downloads/voc.prepared').is_file()
 
 
+def test_make_fetches_a_classifier_into_the_classifier_folder(tmp_path):
+    """The rehearsal's classifiers come the way users' do (make -> data.prepare --weights,
+    through the mirror) into CLASSIFIER_DIR; the published SHA-1 refuses them unless the
+    rehearsal declares their checksums."""
+    served = tmp_path / 'served'
+    served.mkdir()
+    (served / 'bvlc_googlenet.caffemodel').write_bytes(b'a stand-in classifier')
+    rehearsal.write_checksum_list(served, tmp_path / rehearsal.CHECKSUM_LIST)
+    target = tmp_path / 'classifiers' / 'bvlc_googlenet.caffemodel'
+    command = ['make', '--no-print-directory', str(target), 'VENV={}'.format(sys.prefix),
+               'CLASSIFIER_DIR={}'.format(target.parent)]
+    with fixtures.FileServer(served) as server:
+        env = rehearsal.make_environment(tmp_path, server.url)
+        undeclared = dict(env)
+        del undeclared['FCN_CHECKSUMS']
+        refused = subprocess.run(command, cwd=REPO, env=undeclared, capture_output=True,
+                                 text=True, timeout=300)
+        assert refused.returncode != 0 and not target.exists()
+        assert 'bvlc_googlenet.caffemodel fails its checksum twice' in refused.stderr
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert target.read_bytes() == b'a stand-in classifier'
+    assert 'bvlc_googlenet.caffemodel are verified against the checksums declared' in result.stdout
+
+
 def test_the_fixture_ids_have_the_real_split_structure():
     ids = rehearsal.fixture_ids()
     seg11valid = [i for i in ids['voc']['val'] if i not in ids['sbd']['train']]
@@ -111,6 +137,8 @@ def test_a_make_run_is_measured_stage_by_stage(tmp_path):
 
 @pytest.mark.parametrize('line, stage', [
     ('/r/.venv/bin/python -m data.prepare nyud', 'data-nyud'),
+    ('/r/.venv/bin/python -m data.prepare --weights /r/runs/rehearsal/classifiers/'
+     'VGG_ILSVRC_16_layers.caffemodel', 'fetch VGG_ILSVRC_16_layers'),
     ('/r/.venv/bin/python solve/surgery.py to-fcn --classifier models/caffenet/deploy.prototxt '
      '--weights w \\', 'surgery caffenet'),
     ('/r/.venv/bin/python solve/solve.py nyud-fcn32s-color-hha --cpu --resume auto',
@@ -124,8 +152,6 @@ def test_stages_are_told_by_the_commands_make_echoes(line, stage):
 def test_a_failing_model_stops_the_rehearsal_with_its_log(tmp_path, monkeypatch, capsys):
     served = tmp_path / 'served'
     served.mkdir()
-    for filename in rehearsal.CLASSIFIERS:
-        (served / filename).write_bytes(b'stand-in')
     monkeypatch.setattr(rehearsal, 'make_served', lambda folder, say: served)
     monkeypatch.setattr(rehearsal, 'make_command', lambda model, *args: [
         'sh', '-c', 'echo "training {}"; echo "make: *** [Makefile:176: final.caffemodel] '
@@ -138,7 +164,6 @@ def test_a_failing_model_stops_the_rehearsal_with_its_log(tmp_path, monkeypatch,
     assert 'voc-fcn16s' not in said.split('REHEARSAL FAILED')[1]
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert summary['failed'] == 'voc-fcn32s' and summary['models'] == []
-    assert (tmp_path / 'classifiers' / 'bvlc_googlenet.caffemodel').read_bytes() == b'stand-in'
 
 
 def test_mean_ius_of_one_and_two_headed_scores(tmp_path):
