@@ -148,15 +148,9 @@ class Fetcher:
                 unknown[0], ', '.join(sorted(sources))))
         self.attempts, self.retry_wait = attempts, retry_wait
         self.out = out or sys.stdout
-        checksums = checksums or os.environ.get('FCN_CHECKSUMS')
-        if checksums:
-            declared = read_checksum_list(checksums)
-            sources = with_declared_checksums(sources, declared)
-            replaced = sorted(source.filename for source in sources.values()
-                              if source.filename in declared)
-            self.say('NOTE: {} are verified against the checksums declared in {}, not the '
-                     'published ones'.format(', '.join(replaced) or 'no files', checksums))
-        self.sources = sources
+        self.checksum_list = checksums or os.environ.get('FCN_CHECKSUMS')
+        self.declared = read_checksum_list(self.checksum_list) if self.checksum_list else {}
+        self.sources = with_declared_checksums(sources, self.declared)
 
     def say(self, message):
         print(message, file=self.out, flush=True)
@@ -230,10 +224,14 @@ class Fetcher:
     def check(self, source, path):
         """('' if path is a genuine copy of source, else what is wrong with it; its
         digests). Without published or recorded checksums any complete copy passes."""
-        self.say('verifying {} ...'.format(path))
+        declared = source.filename in self.declared
+        self.say('verifying {}{} ...'.format(path, ' against the checksums declared in {}, not '
+                                             'the published ones'.format(self.checksum_list)
+                                             if declared else ''))
         found = digests(path)
         expected, record = self.expected(source)
-        origin = '' if record is None else ' as recorded in {}'.format(record)
+        origin = ' as declared in {}'.format(self.checksum_list) if declared else \
+            '' if record is None else ' as recorded in {}'.format(record)
         return mismatches(expected, found, origin), found
 
     def accept(self, source, path, found, origin):

@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -63,6 +64,10 @@ DATASET_SIZES = {'voc': fixtures.PASCAL_SIZES, 'pascalcontext': fixtures.PASCAL_
                  'nyud': fixtures.NYUD_SIZE, 'siftflow': fixtures.SIFTFLOW_SIZE}
 SIFTFLOW_UNANNOTATED = ('highway_bost181', 'street_urb506')  # as in the real set
 CHECKSUM_LIST = 'served.sha256'
+
+
+def say(message):
+    print(message, flush=True)
 
 
 def fixture_ids():
@@ -150,7 +155,7 @@ def to_v1(path):
     Path(path).write_bytes(legacy.SerializeToString())
 
 
-def make_classifier(net, folder, say):
+def make_classifier(net, folder):
     """A random classifier `net` (vgg16, caffenet, googlenet) under its published file name."""
     deploy = REPO / 'models' / net / 'deploy.prototxt'
     out = Path(folder) / CLASSIFIERS[net].filename
@@ -179,7 +184,7 @@ def recipe_key(ids):
     return digest.hexdigest()[:16]
 
 
-def make_served(folder, say):
+def make_served(folder):
     """The dataset archives and the classifiers in folder/served (made once per recipe),
     and folder/served.sha256, the checksums this rehearsal declares for them."""
     served, stamp = folder / 'served', folder / 'served' / '.recipe'
@@ -187,7 +192,7 @@ def make_served(folder, say):
     key = recipe_key(ids)
     if stamp.is_file() and stamp.read_text() == key:
         say('archives and classifiers: made earlier, in {}'.format(served))
-        return served
+        return
     if served.exists():
         shutil.rmtree(served)
     stage = folder / 'fixture-stage'
@@ -199,10 +204,20 @@ def make_served(folder, say):
     shutil.rmtree(stage)
     say('  {:.0f} s; making the random ILSVRC classifiers ...'.format(time.monotonic() - started))
     for net in CLASSIFIERS:
-        make_classifier(net, served, say)
+        make_classifier(net, served)
     write_checksum_list(served, folder / CHECKSUM_LIST)
     stamp.write_text(key)
-    return served
+
+
+def in_child(function, *args):
+    """Run function(*args) in a forked process; True if it succeeded. Making the
+    classifiers takes gigabytes: in this process, that peak would be inherited by every
+    make it starts (Linux carries a process's peak resident set across fork and exec),
+    and reported as theirs."""
+    child = multiprocessing.get_context('fork').Process(target=function, args=args)
+    child.start()
+    child.join()
+    return child.exitcode == 0
 
 
 def write_checksum_list(served, path):
@@ -346,20 +361,18 @@ def summary_line(record):
         record['load'], stages or 'none (up to date)')
 
 
-def rehearse(models, folder, steps, val_images, keep=False, out=None):
+def rehearse(models, folder, steps, val_images, keep=False):
     """Rehearse `models` in table order; returns the exit status."""
-    out = out or sys.stdout
-
-    def say(message):
-        print(message, file=out, flush=True)
-
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     if not keep:
         for name in ('data', 'weights', 'classifiers', 'runs', 'logs'):
             shutil.rmtree(folder / name, ignore_errors=True)
     (folder / 'logs').mkdir(exist_ok=True)
-    served = make_served(folder, say)
+    if not in_child(make_served, folder):
+        say('REHEARSAL FAILED: the archives and classifiers could not be made (above)')
+        return 1
+    served = folder / 'served'
     records = []
     with fixtures.FileServer(served) as server:
         env = make_environment(folder, server.url)

@@ -195,26 +195,27 @@ def test_place_copies_a_single_file_once(tmp_path, server):
     assert len(server.requests) == 1
 
 
-def test_declared_checksums_replace_the_recorded_ones_for_the_files_they_name(tmp_path, server,
-                                                                            monkeypatch):
+def test_declared_checksums_replace_the_published_ones_for_the_files_they_name(tmp_path, server,
+                                                                             monkeypatch):
     """A copy of one's own making (the rehearsal's archives) passes against the checksums
     its maker declares, and only against those."""
     listed = tmp_path / 'own.sha256'
-    listed.write_text('# made here\n{}  blob.bin\n{}  other.bin\n'.format(
-        hashlib.sha256(PAYLOAD).hexdigest(), '0' * 64))
+    listed.write_text('# made here\n{}  blob.bin\n{}  blob.bin\n{}  other.bin\n'.format(
+        hashlib.sha256(PAYLOAD).hexdigest(), hashlib.sha1(PAYLOAD).hexdigest(), '0' * 64))
     recorded = source(md5='0' * 32)  # what upstream published: this copy fails it
     fetch = fetcher(tmp_path, server, recorded, checksums=listed)
     assert fetch.fetch('blob').read_bytes() == PAYLOAD
-    assert 'NOTE: blob.bin are verified against the checksums declared in {}, not the ' \
-           'published ones'.format(listed) in said(fetch)
+    assert 'verifying {} against the checksums declared in {}, not the published ' \
+           'ones ...'.format(tmp_path / 'downloads' / 'blob.bin.part', listed) in said(fetch)
     assert Fetcher(tmp_path / 'x', sources={'blob': recorded}).sources['blob'].md5 == '0' * 32
 
     # Verification stays on: a copy that differs from the declared checksum is refused.
     listed.write_text('{} *blob.bin\n'.format(hashlib.md5(b'another file').hexdigest()))
     monkeypatch.setenv('FCN_CHECKSUMS', str(listed))
     with pytest.raises(FetchError, match=r'blob.bin fails its checksum twice .*md5 {} '
-                                         r'\(expected {}\)'.format(hashlib.md5(PAYLOAD).hexdigest(),
-                                                                   hashlib.md5(b'another file').hexdigest())):
+                                         r'\(expected {} as declared in {}\)'.format(
+                                             hashlib.md5(PAYLOAD).hexdigest(),
+                                             hashlib.md5(b'another file').hexdigest(), listed)):
         fetcher(tmp_path / 'again', server, recorded).fetch('blob')
 
 
