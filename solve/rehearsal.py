@@ -27,6 +27,7 @@ rehearsal with the last lines of its log and exit status 1.
 """
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import multiprocessing
@@ -173,14 +174,15 @@ def make_classifier(net, folder):
 
 def recipe_key(ids):
     """Changes whenever the made-up files would: the fixture code, ids, sizes, and the
-    classifiers' definitions and format."""
+    classifiers' definitions, weights and format."""
     digest = hashlib.sha256()
     digest.update((REPO / 'data' / 'fixtures.py').read_bytes())
-    digest.update(json.dumps(ids, sort_keys=True).encode())
+    digest.update(json.dumps([ids, SIFTFLOW_UNANNOTATED], sort_keys=True).encode())
     for net, source in sorted(CLASSIFIERS.items()):
         digest.update('{} {} {}'.format(net, source.filename, net in V1_CLASSIFIERS).encode())
         digest.update((REPO / 'models' / net / 'deploy.prototxt').read_bytes())
-    digest.update(Path(__file__).read_bytes())
+    for function in (random_weights, random_net_file, to_v1, make_classifier):
+        digest.update(inspect.getsource(function).encode())
     return digest.hexdigest()[:16]
 
 
@@ -401,18 +403,30 @@ def rehearse(models, folder, steps, val_images, keep=False):
                             'mean_iu': mean_ius(score), 'load': os.getloadavg()[0],
                             'stages': stages})
             say(summary_line(records[-1]))
-    say('\nrehearsal passed: {} models, {:.0f} s'.format(
-        len(records), sum(record['seconds'] for record in records)))
+    disk = disk_use(folder / name for name in ('data', 'classifiers', 'weights', 'runs'))
+    say('\nrehearsal passed: {} models, {:.0f} s; {:.1f} GiB written to {}'.format(
+        len(records), sum(record['seconds'] for record in records), disk / 2 ** 30, folder))
     for record in records:
         say(summary_line(record))
-    write_summary(folder, records, steps, val_images)
+    write_summary(folder, records, steps, val_images, disk=disk)
     return 0
 
 
-def write_summary(folder, records, steps, val_images, failed=None):
+def disk_use(folders):
+    """Bytes in the files under the folders, a file with several names once."""
+    seen = {}
+    for folder in folders:
+        for path in Path(folder).rglob('*'):
+            if path.is_file() and not path.is_symlink():
+                status = path.stat()
+                seen[status.st_dev, status.st_ino] = status.st_size
+    return sum(seen.values())
+
+
+def write_summary(folder, records, steps, val_images, failed=None, disk=None):
     document = {'steps': steps, 'val_images': val_images, 'failed': failed,
                 'date': time.strftime('%Y-%m-%d %H:%M:%S %z'), 'cpus': os.cpu_count(),
-                'models': records}
+                'disk_bytes': disk, 'models': records}
     partial = folder / 'summary.json.partial'
     partial.write_text(json.dumps(document, indent=1) + '\n')
     os.replace(partial, folder / 'summary.json')

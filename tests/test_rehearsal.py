@@ -172,8 +172,9 @@ def test_the_peak_reported_is_makes_not_the_rehearsals(tmp_path):
             ).format(folder, model)]
         assert rehearsal.rehearse(['voc-fcn32s'], folder, 1, 2) == 0
     '''), tmp_path)
-    record, = json.loads((tmp_path / 'summary.json').read_text())['models']
-    assert record['mean_iu'] == {'': 0.5}
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    record, = summary['models']
+    assert record['mean_iu'] == {'': 0.5} and summary['disk_bytes'] == len('{"mean_iu": 0.5}\n')
     assert record['peak_bytes'] < 300 * 2 ** 20, said
 
 
