@@ -94,3 +94,22 @@ def test_recorded_checksums_cover_the_three_debian_files():
     names = build.expected_debian_files()
     assert sorted(Path(n).suffix for n in names) == ['.dsc', '.gz', '.xz']
     assert all(len(digest) == 64 for digest in names.values())
+
+
+def test_the_blas_choice_is_linked_by_path_and_keyed(monkeypatch):
+    monkeypatch.setattr(build, 'multiarch', lambda: 'x86_64-linux-gnu')
+    keys = set()
+    for blas, (package, library) in build.BLAS_LIBRARIES.items():
+        flags = build.cmake_flags(PYTHON, [], [], blas=blas)
+        assert flags['OpenBLAS_LIB'] == f'/usr/lib/x86_64-linux-gnu/{library}'
+        assert 'openmp' in package  # one thread pool with Caffe's own OpenMP loops
+        keys.add(build.build_key('debian:x', flags, PYTHON))
+    assert len(keys) == len(build.BLAS_LIBRARIES)
+    assert build.cmake_flags(PYTHON, [], []) == build.cmake_flags(PYTHON, [], [],
+                                                                   blas=build.DEFAULT_BLAS)
+
+
+def test_unknown_blas_from_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv('FCN_CAFFE_BLAS', 'atlas')
+    with pytest.raises(SystemExit, match='FCN_CAFFE_BLAS=atlas: expected one of blis, openblas'):
+        build.main(['--info', '--no-pth'])
