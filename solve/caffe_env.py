@@ -1,0 +1,35 @@
+"""The environment every Caffe process of the project starts with.
+
+Caffe's libraries read these variables once, when they are loaded, so they are set
+(unless the user set them) by every tool before it imports caffe: `netfiles` imports this
+module first, and so does every command-line tool and the test set-up. `python -m bench`
+starts its Caffe workers with them and, for comparison, without them.
+"""
+import os
+
+# How long an OpenMP thread of Caffe (its patched im2col/col2im loops, and the OpenMP
+# OpenBLAS, which runs in the same libgomp pool) spins before it sleeps while it waits for
+# work or for the other threads. libgomp's default, 300,000 spins, is about 8.5 ms on this
+# project's AMD EPYC (28 ns a spin): a spinning thread holds a core for whole scheduler
+# time slices, and training next to one other busy process ran 5-7x slower than alone.
+# 10,000 spins (about 0.3 ms) still bridge the short gaps between one parallel region and
+# the next, so alone almost nothing changes, while a waiting thread soon gives its core
+# back. Measured in BENCHMARKS.md (`python -m bench --parts contention`).
+THREAD_ENV = {
+    'GOMP_SPINCOUNT': '10000',
+}
+
+CAFFE_ENV = {
+    # Glog's start-up chatter (every layer's set-up) is off unless asked for.
+    'GLOG_minloglevel': '2',
+    **THREAD_ENV,
+}
+
+
+def apply(environ=os.environ):
+    """Set each of CAFFE_ENV's variables that `environ` does not have yet."""
+    for name, value in CAFFE_ENV.items():
+        environ.setdefault(name, value)
+
+
+apply()
