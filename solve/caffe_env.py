@@ -2,8 +2,9 @@
 
 Caffe's libraries read these variables once, when they are loaded, so they are set
 (unless the user set them) by every tool before it imports caffe: `netfiles` imports this
-module first, and so does every command-line tool and the test set-up. `python -m bench`
-starts its Caffe workers with them and, for comparison, without them.
+module first, and so does every command-line tool and the test set-up; the Makefile
+exports the same values for whatever else it starts (a test checks they agree).
+`python -m bench` starts its Caffe workers with them and, for comparison, without them.
 """
 import os
 

@@ -287,6 +287,12 @@ def test_thread_envs_give_the_defaults_subject_no_wait_settings():
     assert envs['project'] == {'PATH': '/bin', 'OMP_WAIT_POLICY': 'PASSIVE'}
 
 
+def test_the_makefile_sets_the_same_thread_settings_as_the_tools():
+    makefile = (nets.REPO / 'Makefile').read_text()
+    for name, value in caffe_env.THREAD_ENV.items():
+        assert f'export {name} ?= {value}\n' in makefile
+
+
 def test_contention_part_on_a_tiny_net(tmp_path):
     folder = write_tiny_model(tmp_path / 'tiny', depth=2)
     out = tmp_path / 'results.json'
