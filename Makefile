@@ -35,7 +35,7 @@ $(VENV_STAMP): requirements.txt
 
 venv: $(VENV_STAMP) ## the virtualenv (.venv) with pinned requirements
 
-caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball, BLAS=openblas|blis)
+caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball, BLAS=openblas|openblas-pthread|blis)
 	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS))
 
 test-caffe: caffe ## Caffe's own pycaffe test suite against the build
@@ -241,3 +241,23 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 
 runs/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
 	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)
+
+# The toy solvers fix random_seed: two short runs of the classifier, surgery and FCN-32s
+# must end with the same weights, bit for bit, and the same scores.
+REPEAT_DIR := runs/repeat-check
+.PHONY: demo-repeat-check
+
+demo-repeat-check: $(TOY_STAMP) | caffe ## two short toy runs (classifier, surgery, FCN-32s) give identical weights and scores
+	for run in 1 2; do d=$(REPEAT_DIR)/$$run; rm -rf $$d && \
+		$(PY) solve/solve.py toy-vgg16 --cpu --data-dir $(DATA_ROOT) --steps 4 --test-every 4 \
+			--val-images 64 --snapshot-every 0 --run-dir $$d/toy-vgg16 && \
+		$(PY) solve/surgery.py to-fcn --classifier models/toy-vgg16/deploy.prototxt \
+			--weights $$d/toy-vgg16/final.caffemodel --fcn models/toy-fcn32s/deploy.prototxt \
+			--out $$d/toy-vgg16-fcn.caffemodel && \
+		$(PY) solve/solve.py toy-fcn32s --cpu --data-dir $(DATA_ROOT) --steps 10 --test-every 10 \
+			--val-images 16 --snapshot-every 0 --weights $$d/toy-vgg16-fcn.caffemodel \
+			--run-dir $$d/toy-fcn32s || exit 1; done
+	for file in toy-vgg16/final.caffemodel toy-vgg16/val_log.json toy-fcn32s/final.caffemodel \
+			toy-fcn32s/val_log.json; do \
+		cmp $(REPEAT_DIR)/1/$$file $(REPEAT_DIR)/2/$$file || exit 1; done
+	@echo "two runs: the same weights, losses and scores"

@@ -282,12 +282,14 @@ def apply_patches(tree, log):
 # --- configure, build, install ------------------------------------------------------
 
 # The BLAS libcaffe links (--blas): name -> (Debian package, library under
-# /usr/lib/<multiarch>/). Each is an OpenMP build, so that it and Caffe's own OpenMP loops
-# share one thread pool: with a pthread BLAS the two pools spin-wait against each other,
-# and the toy nets trained 3.6-5.4x slower (BENCHMARKS.md). Caffe is compiled against
-# OpenBLAS's cblas.h (libopenblas-dev), the standard CBLAS that every one of them exports.
+# /usr/lib/<multiarch>/). The default is OpenBLAS's OpenMP build, so that it and Caffe's
+# own OpenMP loops share one thread pool: with the pthread build the two pools spin-wait
+# against each other, and the toy nets trained 3.6-5.4x slower (BENCHMARKS.md, which
+# compares all of these). Caffe is compiled against OpenBLAS's cblas.h (libopenblas-dev),
+# the standard CBLAS that every one of them exports.
 BLAS_LIBRARIES = {
     'openblas': ('libopenblas0-openmp', 'openblas-openmp/libopenblas.so.0'),
+    'openblas-pthread': ('libopenblas0-pthread', 'openblas-pthread/libopenblas.so.0'),
     'blis': ('libblis4-openmp', 'blis-openmp/libblis.so.4'),
 }
 DEFAULT_BLAS = 'openblas'
@@ -548,7 +550,7 @@ def parse_args(argv):
                              "the CUDA toolkit, e.g. a pip wheel's nvidia/cu13 (repeatable)")
     parser.add_argument('--blas', choices=sorted(BLAS_LIBRARIES),
                         default=os.environ.get('FCN_CAFFE_BLAS') or DEFAULT_BLAS,
-                        help="the BLAS Caffe links, an OpenMP build from Debian's packages "
+                        help="the BLAS Caffe links, from Debian's packages "
                              '(default: env FCN_CAFFE_BLAS, else %(default)s; '
                              'BENCHMARKS.md compares them); part of the cache key')
     parser.add_argument('--cmake', action='append', default=[], metavar='NAME=VALUE',
