@@ -452,22 +452,22 @@ def configure(tree, builddir, prefix, flags, log):
          *[f'-D{k}={v}' for k, v in flags.items()]], log=log)
 
 
-def cpp_test_binary(src, cache, mirror, flags, key, jobs):
+def cpp_tests(src, cache, mirror, flags, key, jobs):
     """Caffe's C++ test binary for build `key`: the same source, patches and cmake flags,
-    compiled once into <cache>/<key>/cpp-tests/ (beside the build it tests).
+    compiled once into <cache>/<key>/cpp-tests/ (beside the build it tests). Returns
+    that folder.
 
-    It links a libcaffe compiled there from those same inputs, and stays where it was
-    compiled: the tests read their data files from the source tree by absolute path."""
+    The binary links a libcaffe compiled there from those same inputs, and stays where it
+    was compiled, beside the source tree whose test data the tests read."""
     folder = cache / key / 'cpp-tests'
-    binary = folder / 'build' / 'test' / 'test.testbin'
     done = folder / 'compiled'
     if done.exists():
-        return binary
+        return folder
     log = cache / 'logs' / f'{key}-cpp-tests.log'
     with open(cache / f'{key}.cpp-tests.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if done.exists():
-            return binary
+            return folder
         shutil.rmtree(folder, ignore_errors=True)  # left by a compile that died midway
         folder.mkdir(parents=True)
         log.write_text(f'C++ tests of {key} started {time.ctime()}\n')
@@ -482,14 +482,16 @@ def cpp_test_binary(src, cache, mirror, flags, key, jobs):
         for objects in (folder / 'build').rglob('*.o'):
             objects.unlink()
         write_atomically(done, f'{round(time.time() - started)} s, {time.ctime()}\n')
-    return binary
+    return folder
 
 
-def run_cpp_tests(binary):
-    """Caffe's C++ suite on the CPU: every test but the GPU ones."""
+def run_cpp_tests(folder):
+    """Caffe's C++ suite on the CPU: every test but the GPU ones, run from the source
+    tree as Caffe's `make runtest` does (tests open src/caffe/test/test_data/...)."""
+    binary = folder / 'build' / 'test' / 'test.testbin'
     say(f'running {binary} --gtest_filter={CPP_TEST_FILTER}')
     return subprocess.run([binary, f'--gtest_filter={CPP_TEST_FILTER}'],
-                          cwd=binary.parent).returncode
+                          cwd=folder / 'src').returncode
 
 
 def keep_pycaffe_tests(tree, dest):
@@ -614,8 +616,8 @@ def main(argv=None):
     if args.test:
         sys.exit(run_pycaffe_tests(info))
     if args.test_cpp:
-        sys.exit(run_cpp_tests(cpp_test_binary(args.src, args.cache, args.mirror, flags, key,
-                                               args.jobs)))
+        sys.exit(run_cpp_tests(cpp_tests(args.src, args.cache, args.mirror, flags, key,
+                                         args.jobs)))
 
 
 def run_pycaffe_tests(info):
