@@ -13,11 +13,13 @@ import os
 # work or for the other threads. libgomp's default, 300,000 spins, is about 8.5 ms on this
 # project's AMD EPYC (28 ns a spin): a spinning thread holds a core for whole scheduler
 # time slices, and training next to one other busy process ran 5-7x slower than alone.
-# 10,000 spins (about 0.3 ms) still bridge the short gaps between one parallel region and
-# the next, so alone almost nothing changes, while a waiting thread soon gives its core
-# back. Measured in BENCHMARKS.md (`python -m bench --parts contention`).
+# 1,000 spins (about 30 us) still bridge most gaps between one parallel region and the
+# next; a thread that waits longer sleeps and gives its core back. Beside one busy
+# process the toy FCN then trained 1.6x slower than alone instead of 5-6x; alone the
+# cost was within the noise of a few percent (BENCHMARKS.md, which also shows the other
+# settings tried; `python -m bench --parts contention` measures it).
 THREAD_ENV = {
-    'GOMP_SPINCOUNT': '10000',
+    'GOMP_SPINCOUNT': '1000',
 }
 
 CAFFE_ENV = {
