@@ -56,7 +56,7 @@ test: test-caffe test-project ## all tests (what CI runs)
 # compiled in, and GPU code for every architecture asked for (cuobjdump, also a wheel).
 # CUDA 13's nvcc no longer targets Volta (sm_70); the image's CUDA 12 build does.
 GPU_CACHE ?= $(HOME)/.cache/fcn-caffe-gpu
-GPU_ARCHS ?= 75 80 86 89 90
+GPU_ARCHS ?= 75 80 86 89 90 100 120
 GPU_WHEELS := nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-nccl-cu13==2.27.7
 GPU_WHEELS_DIR := $(GPU_CACHE)/wheels-$(shell printf '%s' '$(GPU_WHEELS)' | sha256sum | cut -c1-12)
 CUOBJDUMP_WHEEL := nvidia-cuda-cuobjdump==13.2.51
@@ -123,65 +123,150 @@ $(DATA_ROOT)/downloads/%.prepared: | $(VENV_STAMP)
 # Every step is a file, so an interrupted pipeline picks up where it stopped, and a stage
 # that was stopped resumes from its newest snapshot. GPU=N trains on GPU N, GPUS=0,1,...
 # on several (one process each, NCCL); the CPU otherwise.
+#
+# A short run of the same chain, to see it work before spending GPU days: STEPS=N trains
+# every stage N iterations (scored once, at the end), VAL_IMAGES=N validates and scores on
+# the first N val images. A short run lives apart, in runs/short/steps<N>-val<N>/ with its
+# own surgery outputs in weights/ below it, so no full run ever resumes from or starts
+# from its weights; late fusion then starts from its nets' final weights (their
+# snapshots at 28000 and 60000 do not exist).
 
 MODEL_NAMES := $(patsubst models/%/solver.prototxt,%,$(wildcard models/*/solver.prototxt))
 comma := ,
 DEVICE := $(if $(GPUS),--gpus $(GPUS),$(if $(GPU),--gpu $(GPU),--cpu))
 SCORE_DEVICE := $(if $(GPUS),--gpu $(firstword $(subst $(comma), ,$(GPUS))),$(if $(GPU),--gpu $(GPU),--cpu))
 STRESS_ITERATIONS ?= 3000
+ifneq ($(STEPS)$(VAL_IMAGES),)
+RUNS := runs/short/steps$(or $(STEPS),-full)-val$(or $(VAL_IMAGES),-all)
+BASE_WEIGHTS := $(RUNS)/weights
+SHORT_TRAIN := $(if $(STEPS),--iterations $(STEPS) --test-every $(STEPS)) \
+	$(if $(VAL_IMAGES),--val-images $(VAL_IMAGES)) --init-from final
+SHORT_SCORE := $(if $(VAL_IMAGES),--images $(VAL_IMAGES))
+else
+RUNS := runs
+BASE_WEIGHTS := weights
+endif
+# solve.py and score.py find the runs and base weights here.
+export FCN_RUNS_DIR := $(RUNS)
+export FCN_WEIGHTS_DIR := $(BASE_WEIGHTS)
 # What each stage starts from and which dataset it needs come from the model table, as
 # rules generated into runs/.pipeline.mk; read only when a pipeline target is asked for.
 PIPELINE_RULES := runs/.pipeline.mk
 
 .PHONY: $(MODEL_NAMES) stress
 
-ifneq ($(filter $(MODEL_NAMES) demo runs/% weights/%,$(MAKECMDGOALS)),)
+ifneq ($(filter $(MODEL_NAMES) demo runs/% weights/% $(RUNS)/% $(BASE_WEIGHTS)/% released-% eval-%,$(MAKECMDGOALS)),)
 include $(PIPELINE_RULES)
 endif
 
-$(PIPELINE_RULES): models/specs.py solve/pipeline.py
+$(PIPELINE_RULES): models/specs.py models/weights.py solve/pipeline.py
 	@mkdir -p $(@D)
 	$(PYTHON) solve/pipeline.py > $@.tmp && mv $@.tmp $@
 
-voc-fcn8s: ## e.g. VOC FCN-32s -> 16s -> 8s from VGG16, scored (`make MODEL` for any model; GPU=N)
+voc-fcn8s: ## e.g. VOC FCN-32s -> 16s -> 8s from VGG16, scored (`make MODEL` for any model; GPU=N; STEPS=N VAL_IMAGES=N for a short run)
 
-$(MODEL_NAMES:%=runs/%/score.json): runs/%/score.json: runs/%/final.caffemodel | caffe
-	$(PY) solve/score.py $* --weights $< --json $@ $(SCORE_DEVICE)
+# The scoring command; SHARDS=N splits it into N pieces merged into score.json (see
+# the cluster section).
+SCORE = $(PY) solve/score.py $* --weights $< --json $(basename $@).json $(SCORE_DEVICE) $(SHORT_SCORE)
+ifeq ($(filter-out 0 1,$(SHARDS)),)
+$(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: $(RUNS)/%/final.caffemodel | caffe
+	$(SCORE)
+endif
 
 # A final weights file older than what its stage starts from means that stage is trained
 # again: its old snapshots are moved aside, not resumed.
-$(MODEL_NAMES:%=runs/%/final.caffemodel): runs/%/final.caffemodel:
+$(MODEL_NAMES:%=$(RUNS)/%/final.caffemodel): $(RUNS)/%/final.caffemodel:
 	@if [ -e $@ ]; then \
 		echo "$@ is older than what $* starts from: training $* again"; \
-		mv runs/$*/snapshots runs/$*/snapshots-stale-$$(date +%Y%m%d-%H%M%S) 2>/dev/null; \
+		mv $(RUNS)/$*/snapshots $(RUNS)/$*/snapshots-stale-$$(date +%Y%m%d-%H%M%S) 2>/dev/null; \
 		rm -f $@; fi
-	$(PY) solve/solve.py $* $(DEVICE) --resume auto
+	$(PY) solve/solve.py $* $(DEVICE) --resume auto $(SHORT_TRAIN)
 
-weights/vgg16-fcn.caffemodel: weights/VGG_ILSVRC_16_layers.caffemodel | caffe
+$(BASE_WEIGHTS)/vgg16-fcn.caffemodel: weights/VGG_ILSVRC_16_layers.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/vgg16/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn32s/deploy.prototxt --out $@
 
-weights/alexnet-fcn.caffemodel: weights/bvlc_reference_caffenet.caffemodel | caffe
+$(BASE_WEIGHTS)/alexnet-fcn.caffemodel: weights/bvlc_reference_caffenet.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/caffenet/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn-alexnet/deploy.prototxt --out $@
 
-weights/toy-vgg16-fcn.caffemodel: runs/toy-vgg16/final.caffemodel | caffe
+$(BASE_WEIGHTS)/toy-vgg16-fcn.caffemodel: $(RUNS)/toy-vgg16/final.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/toy-vgg16/deploy.prototxt --weights $< \
 		--fcn models/toy-fcn32s/deploy.prototxt --out $@
 
-# The ILSVRC classifiers are downloaded by hand (they are not redistributed here).
-weights/VGG_ILSVRC_16_layers.caffemodel:
-	@echo "$@ is missing: the ILSVRC-2014 VGG16 classifier (528 MB). Download it with"
-	@echo "  mkdir -p weights && wget -O $@ http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel"
-	@exit 1
-
-weights/bvlc_reference_caffenet.caffemodel:
-	@echo "$@ is missing: the BVLC reference CaffeNet classifier (233 MB). Download it with"
-	@echo "  mkdir -p weights && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel"
-	@exit 1
-
 stress: caffe ## long runs end cleanly: tiny FCNs train STRESS_ITERATIONS=3000 iterations and exit 0; a diverging run stops with a clear error
 	$(PY) solve/stress.py --iterations $(STRESS_ITERATIONS)
+
+# ---- cluster -----------------------------------------------------------------------
+# `make cluster-MODEL` submits what `make MODEL` would make to SLURM: one job per file
+# (surgery, each stage, the scoring), each running `make THAT-FILE` with the same
+# variables (STEPS, VAL_IMAGES, SHARDS, RUNS, ...), started once the jobs it needs have
+# succeeded; what is done is not submitted. A stage asked to stop (STOP_BEFORE seconds
+# before TIME_LIMIT, or preempted) snapshots and requeues itself, and resumes.
+# `make cluster-all`: every model whose data is prepared; `make cluster-status`: the
+# submitted chains and their jobs; DRY_RUN=1 prints the sbatch commands instead. Logs go
+# to runs/MODEL/slurm/. Settings: below, on the command line, or in cluster.mk.
+#
+# SHARDS=N (also without a cluster, with make -jN) scores each model in N pieces,
+# runs/MODEL/score-shards/I-of-N.npz (score.py --shard I/N --save-hist), merged into
+# runs/MODEL/score.json (score.py --merge); on a cluster the pieces are an array job.
+
+# GPUS_PER_JOB: GPUs of a training job (0: the CPU; scoring takes one). TIME_LIMIT: every
+# job's sbatch --time. STOP_BEFORE: seconds before it when a stage snapshots and requeues.
+# SBATCH_FLAGS: more sbatch options (--qos=long --mem=32G). CLUSTER_EXEC: run make through
+# this, a container runtime (README, "Beyond one machine").
+-include cluster.mk
+GPUS_PER_JOB ?= 1
+CPUS_PER_JOB ?= 4
+PARTITION ?=
+ACCOUNT ?=
+TIME_LIMIT ?=
+STOP_BEFORE ?= 600
+SBATCH_FLAGS ?=
+CLUSTER_EXEC ?=
+CLUSTER_SETTINGS := GPUS_PER_JOB CPUS_PER_JOB PARTITION ACCOUNT TIME_LIMIT STOP_BEFORE \
+	SBATCH_FLAGS CLUSTER_EXEC DRY_RUN
+# The jobs get the command line's other variables (STEPS, RUNS, ...).
+CLUSTER_SUBMIT = $(PYTHON) solve/cluster.py submit --gpus-per-job='$(GPUS_PER_JOB)' \
+	--cpus-per-job='$(CPUS_PER_JOB)' --partition='$(PARTITION)' --account='$(ACCOUNT)' \
+	--time-limit='$(TIME_LIMIT)' --stop-before='$(STOP_BEFORE)' \
+	--sbatch-flags='$(SBATCH_FLAGS)' --exec='$(CLUSTER_EXEC)' $(if $(DRY_RUN),--dry-run) \
+	--settings='$(CLUSTER_SETTINGS)' $(MAKEOVERRIDES)
+
+.PHONY: $(MODEL_NAMES:%=cluster-%) cluster-all cluster-status test-cluster
+
+cluster-voc-fcn8s: ## e.g. submit voc-fcn8s's chain to SLURM (`make cluster-MODEL` for any model; GPUS_PER_JOB, PARTITION, TIME_LIMIT, ...)
+$(MODEL_NAMES:%=cluster-%): cluster-%: $(PIPELINE_RULES)
+	$(CLUSTER_SUBMIT) $*
+
+cluster-all: $(PIPELINE_RULES) ## submit every model whose dataset is prepared to SLURM
+	$(CLUSTER_SUBMIT) --all
+
+cluster-status: ## the chains submitted to SLURM: each job, its state and log
+	$(PYTHON) solve/cluster.py status $(RUNS)
+
+# The tests against a real SLURM: a single-node cluster started and stopped by the tests
+# (as root; Debian's slurm-wlm and munge, installed here when missing).
+test-cluster: caffe ## the toy chain and sharded scoring on a real local SLURM (root)
+	$(PY) tests/local_slurm.py install
+	FCN_CLUSTER_TESTS=1 $(PY) -m pytest tests/test_cluster_slurm.py
+
+ifneq ($(filter-out 0 1,$(SHARDS)),)
+ifeq ($(shell [ "$(SHARDS)" -gt 1 ] 2>/dev/null && echo ok),)
+$(error SHARDS=$(SHARDS): give the number of pieces to score in)
+endif
+SHARD_INDICES := $(shell seq 0 $$(($(SHARDS) - 1)))
+$(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: \
+		$(foreach i,$(SHARD_INDICES),$(RUNS)/%/score-shards/$(i)-of-$(SHARDS).npz)
+	$(PY) solve/score.py --merge $^ --json $@
+
+define SHARD_RULE
+$(MODEL_NAMES:%=$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz): \
+		$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz: $(RUNS)/%/final.caffemodel | caffe
+	$$(SCORE) --shard $1/$(SHARDS) --save-hist $$@
+endef
+$(foreach i,$(SHARD_INDICES),$(eval $(call SHARD_RULE,$(i))))
+endif
 
 # ---- googlenet ---------------------------------------------------------------------
 # FCN-GoogLeNet, the paper's third net (models/README.md, section FCN-GoogLeNet), trains
@@ -189,18 +274,42 @@ stress: caffe ## long runs end cleanly: tiny FCNs train STRESS_ITERATIONS=3000 i
 
 voc-fcn-googlenet: ## FCN-GoogLeNet on VOC from BVLC GoogLeNet, scored (GPU=N)
 
-GOOGLENET_SHA1 := 405fc5acd08a3bb12de8ee5e23a96bec22f08204
-
-weights/googlenet-fcn.caffemodel: weights/bvlc_googlenet.caffemodel | caffe
-	@echo "$(GOOGLENET_SHA1)  $<" | sha1sum --check --quiet || \
-		{ echo "$< is not BVLC GoogLeNet (sha1 differs): download it again"; exit 1; }
+$(BASE_WEIGHTS)/googlenet-fcn.caffemodel: weights/bvlc_googlenet.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/googlenet/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn-googlenet/deploy.prototxt --out $@
 
-weights/bvlc_googlenet.caffemodel:
-	@echo "$@ is missing: the BVLC GoogLeNet classifier (53 MB). Download it with"
-	@echo "  mkdir -p weights && wget -O $@ http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
-	@exit 1
+# ---- published weights -------------------------------------------------------------
+# The ILSVRC classifiers surgery starts from and the trained FCNs of the reference release,
+# from one table (models/weights.py), fetched, resumed and verified like the datasets, with
+# the same overrides: FCN_DATA_MIRROR (serving the published file names), FCN_ARCHIVES,
+# FCN_URL_<KEY> (the keys: `.venv/bin/python -m data.prepare --list`). The classifiers go
+# to weights/, the released FCNs to weights/released/; `make eval-MODEL` scores those on
+# the model's evaluation split into runs/released/MODEL/score.json (VAL_IMAGES=N: on its
+# first N images, into the short run's folder), and `make report` sets every model's
+# published, released and own scores side by side.
+
+.PHONY: eval-released report
+# Downloads are renamed into place only when complete and verified: never delete them.
+.PRECIOUS: weights/%.caffemodel
+
+weights/%.caffemodel: | $(VENV_STAMP)
+	$(PY) -m data.prepare --weights $@
+
+released-voc-fcn8s: ## fetch the reference release's weights (`make released-MODEL` for any released model)
+eval-voc-fcn8s: ## score the released weights on the model's val split (`make eval-MODEL`)
+
+$(RUNS)/released/%/score.json: | caffe
+	$(PY) solve/score.py $* --weights released --json $@ $(SCORE_DEVICE) $(SHORT_SCORE)
+
+released-% eval-%:
+	@echo "error: no released weights for $*; the reference released: $(RELEASED_MODELS)"; exit 1
+
+eval-released: $(RELEASED_WITH_DATA:%=eval-%) ## score every released model whose dataset is prepared
+	@echo "scored the released weights of: $(or $(strip $(RELEASED_WITH_DATA)),none)"
+	@echo "no dataset prepared for: $(or $(filter-out $(RELEASED_WITH_DATA),$(RELEASED_MODELS)),-)"
+
+report: | $(VENV_STAMP) ## paper vs released weights vs your runs: runs/report/reproduction.{md,png}
+	$(PY) solve/report.py
 
 # ---- bench -------------------------------------------------------------------------
 
@@ -226,12 +335,12 @@ bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memo
 # Every step is a file: an interrupted demo resumes, a finished one is not redone.
 
 TOY_STAMP := $(DATA_ROOT)/toy/toy.json
-TOY_SCORES := $(foreach stride,32 16 8,runs/toy-fcn$(stride)s/score.json)
+TOY_SCORES := $(foreach stride,32 16 8,$(RUNS)/toy-fcn$(stride)s/score.json)
 
 .PHONY: data-toy
 
 data-toy: $(TOY_STAMP) ## the embedded toy set: VOC-layout shapes + a classification view
-demo: runs/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~12 min
+demo: $(RUNS)/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~12 min
 
 # The generator leaves a set with the same parameters and code alone; the stamp is then
 # only brought up to date.
@@ -239,7 +348,7 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 	$(PY) data/toy.py --out $(DATA_ROOT)/toy
 	touch $@
 
-runs/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
+$(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
 	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)
 
 # The toy solvers fix random_seed: two short runs of the classifier, surgery and FCN-32s

@@ -8,9 +8,14 @@ Fetcher.fetch(source) returns the path of a verified copy of a source file:
    interruption, renamed to <file> only once complete and verified.
 The URL of a source is, first to last: --url KEY=URL, $FCN_URL_<KEY>,
 <mirror>/<file name> (--mirror or $FCN_DATA_MIRROR), the upstream URL.
+
+A copy is verified against the source's published checksums; a source without any is
+held to the size and digests of its first accepted copy, recorded next to it in the
+downloads folder as <file>.digests.json.
 """
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -23,6 +28,8 @@ from pathlib import Path
 from data.sources import SOURCES
 
 CHUNK = 1 << 20
+CHECKSUMS = ('md5', 'sha1', 'sha256')
+RECORD_SUFFIX = '.digests.json'
 
 
 class FetchError(RuntimeError):
@@ -30,23 +37,22 @@ class FetchError(RuntimeError):
 
 
 def digests(path):
-    """md5 and sha256 of a file, in one pass."""
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    """Size, md5, sha1 and sha256 of a file, in one pass."""
+    hashes = {kind: hashlib.new(kind) for kind in CHECKSUMS}
+    size = 0
     with open(path, 'rb') as stream:
         for chunk in iter(lambda: stream.read(CHUNK), b''):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return {'md5': md5.hexdigest(), 'sha256': sha256.hexdigest()}
+            size += len(chunk)
+            for hashed in hashes.values():
+                hashed.update(chunk)
+    return dict(size=size, **{kind: hashed.hexdigest() for kind, hashed in hashes.items()})
 
 
-def mismatches(source, found):
-    """The recorded checksums that the found digests contradict, as text; None if no
-    checksum is recorded for the source, '' if all recorded ones hold."""
-    recorded = {kind: getattr(source, kind) for kind in ('md5', 'sha256') if getattr(source, kind)}
-    if not recorded:
-        return None
-    return ', '.join('{} {} (expected {})'.format(kind, found[kind], value)
-                     for kind, value in recorded.items() if found[kind] != value.lower())
+def mismatches(expected, found, origin=''):
+    """What of `expected` (size or checksum kind -> value) the found digests contradict,
+    as text ('' if all hold); `origin` says where the expected values come from."""
+    return ', '.join('{} {} (expected {}{})'.format(kind, found[kind], value, origin)
+                     for kind, value in expected.items() if found[kind] != value)
 
 
 class Progress:
@@ -124,16 +130,16 @@ class Fetcher:
         for folder in self.archives:
             local = folder / source.filename
             if local.is_file():
-                problem = self.check(source, local)
+                problem, found = self.check(source, local)
                 if not problem:
                     self.say('using {}'.format(local))
-                    return local
+                    return self.accept(source, local, found, local)
                 self.say('ignoring {}: {}'.format(local, problem))
         target = self.downloads / source.filename
         if target.is_file():
-            problem = self.check(source, target)
+            problem, found = self.check(source, target)
             if not problem:
-                return target
+                return self.accept(source, target, found, target)
             self.say('{} is corrupt ({}): fetching it again'.format(target, problem))
             target.unlink()
         self.downloads.mkdir(parents=True, exist_ok=True)
@@ -142,27 +148,66 @@ class Fetcher:
             if fresh_start:
                 part.unlink()
             self.download(source, part)
-            problem = self.check(source, part)
+            problem, found = self.check(source, part)
             if not problem:
                 os.replace(part, target)
-                return target
+                return self.accept(source, target, found, self.url(source))
             self.say('{} failed verification ({})'.format(self.url(source), problem))
+        part.unlink()  # another file than the one asked for: nothing to resume
+        _, recorded = self.expected(source)
+        hint = '' if recorded is None else (
+            '; if the file changed upstream, delete {} to accept the new one'.format(
+                self.record_path(source)))
         raise FetchError('{} fails its checksum twice from {} ({}): the server holds another '
-                         'file; point --url {}=URL or --mirror at a genuine copy'.format(
-                             source.filename, self.url(source), problem, source.key))
+                         'file; point --url {}=URL or --mirror at a genuine copy{}'.format(
+                             source.filename, self.url(source), problem, source.key, hint))
+
+    def record_path(self, source):
+        """The size and digests of the first accepted copy of a source without published
+        checksums, kept next to it in the downloads folder."""
+        return self.downloads / (source.filename + RECORD_SUFFIX)
+
+    def expected(self, source):
+        """(kind -> value of a genuine copy, its record file or None if published): the
+        published checksums, else the record of the first copy, else ({}, None)."""
+        published = {kind: getattr(source, kind).lower() for kind in CHECKSUMS
+                     if getattr(source, kind)}
+        record = self.record_path(source)
+        if published or not record.is_file():
+            return published, None
+        try:
+            values = json.loads(record.read_text())
+            return {kind: values[kind] for kind in ('size',) + CHECKSUMS}, record
+        except (ValueError, KeyError, TypeError) as error:
+            raise FetchError('{} is not a record of size and digests ({}): delete it and run '
+                             'again'.format(record, error)) from None
 
     def check(self, source, path):
-        """'' if path is a genuine copy of source, else what is wrong with it. Without a
-        recorded checksum any complete copy passes, and its digests are printed."""
+        """('' if path is a genuine copy of source, else what is wrong with it; its
+        digests). Without published or recorded checksums any complete copy passes."""
         self.say('verifying {} ...'.format(path))
         found = digests(path)
-        problem = mismatches(source, found)
-        if problem is None:
-            self.say('NOTE: no checksum is recorded for {}; computed md5 {} sha256 {}. '
-                     'Check them against a trusted copy and record them in data/sources.py.'.format(
-                         source.filename, found['md5'], found['sha256']))
-            return ''
-        return problem
+        expected, record = self.expected(source)
+        origin = '' if record is None else ' as recorded in {}'.format(record)
+        return mismatches(expected, found, origin), found
+
+    def accept(self, source, path, found, origin):
+        """Return the accepted copy at path; the first copy of a source without published
+        checksums has its size and digests recorded (and printed) for later copies."""
+        expected, _ = self.expected(source)
+        if not expected:
+            record = self.record_path(source)
+            document = dict(file=source.filename, source=str(origin), **found)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            partial = record.with_name(record.name + '.partial')
+            partial.write_text(json.dumps(document, indent=1) + '\n')
+            os.replace(partial, record)
+            self.say('NOTE: no checksum is published for {}; recorded its size {} and digests '
+                     'md5 {} sha1 {} sha256 {} in {}: later copies must match them. Compare '
+                     'them with a trusted copy.'.format(source.filename, found['size'],
+                                                        found['md5'], found['sha1'],
+                                                        found['sha256'], record))
+        return path
 
     def download(self, source, part):
         """Complete part from the source's URL, resuming what is there."""
@@ -236,10 +281,13 @@ def content_range_total(header):
 
 
 def place(fetcher, key, destination):
-    """A verified copy of a single (unarchived) source file at destination."""
+    """A verified copy of a single (unarchived) source file at destination (which may be
+    where the fetcher downloads it)."""
     if destination.is_file():
         return
     source = fetcher.fetch(key)
+    if source.resolve() == destination.resolve():
+        return
     partial = destination.with_name(destination.name + '.partial')
     shutil.copyfile(source, partial)
     os.replace(partial, destination)

@@ -4,7 +4,9 @@
     python -m data.prepare nyud            # NYUDv2 (Gupta et al. 40 classes, HHA)
     python -m data.prepare siftflow        # SIFT Flow, trainval/test splits
     python -m data.prepare pascalcontext   # VOC2010 + PASCAL-Context 59 classes
-    python -m data.prepare --list          # the sources, their URLs and checksums
+    python -m data.prepare --weights voc-fcn8s vgg16
+                                           # published weights (models/weights.py)
+    python -m data.prepare --list          # every source: key, file, URL, checksum
 
 Every step is idempotent: a finished step is skipped (its output exists), an
 interrupted download resumes, an interrupted unpacking starts over, a corrupt
@@ -17,6 +19,10 @@ Results (the layers' layouts, see layers/*.py):
     siftflow       sift-flow/ with trainval.txt, test.txt
     pascalcontext  pascal/VOC2010/, pascal-context/{trainval/, labels.txt, 59_labels.txt}
 and a stamp downloads/<dataset>.prepared that the Make targets depend on.
+
+--weights NET fetches the caffemodel published for a net of the model table: an ILSVRC
+classifier into weights/<file>, a released FCN into weights/released/<file> (the net may
+also be named by that file, as the Makefile's rules do). The same overrides apply.
 """
 import argparse
 import json
@@ -32,6 +38,7 @@ from data import data_root
 from data.extract import ExtractError, extract, find_root
 from data.fetch import FetchError, Fetcher, place
 from data.sources import SOURCES
+from models import weights as published
 
 # Split sizes of the reference release, reported beside what was derived.
 REFERENCE_COUNTS = {
@@ -229,14 +236,48 @@ def prepare(dataset, root, fetcher):
     fetcher.say('{} is ready under {}'.format(dataset, root))
 
 
+# Every source a --url KEY=URL or FCN_URL_<KEY> may name: datasets and weights.
+ALL_SOURCES = {**SOURCES, **published.SOURCES}
+
+
+def weights_net(text):
+    """The net of the weights table that `text` names: the net itself, or its weights file
+    (weights/released/fcn8s-heavy-pascal.caffemodel, as make asks for it)."""
+    if text in published.WEIGHTS:
+        return text
+    for name in published.WEIGHTS:
+        if Path(text).resolve() == published.local_path(name).resolve():
+            return name
+    raise PrepareError('{!r} names no published weights; nets: {}; files: weights/<file> '
+                       '(see --list)'.format(text, ', '.join(published.WEIGHTS)))
+
+
+def fetch_weights(name, archives=(), mirror=None, urls=None, out=None):
+    """A verified copy of the weights published for net `name` at its local path."""
+    destination = published.local_path(name)
+    fetcher = Fetcher(destination.parent, archives, mirror, urls, sources=ALL_SOURCES, out=out)
+    place(fetcher, published.WEIGHTS[name].key, destination)
+    fetcher.say('{}: {}'.format(name, destination))
+    return destination
+
+
 def list_sources():
-    for source in SOURCES.values():
+    def show(source, where):
         checksums = ', '.join('{} {}'.format(kind, getattr(source, kind))
-                              for kind in ('md5', 'sha256') if getattr(source, kind))
-        print('{:10} {} ({})\n           {}\n           {}{}'.format(
-            source.key, source.filename, source.size, source.url,
-            checksums or 'no checksum recorded (printed when downloaded)',
-            ' [from {}]'.format(source.origin) if source.origin else ''))
+                              for kind in ('md5', 'sha1', 'sha256') if getattr(source, kind))
+        print('{:22} {} ({}) -> {}\n{:22} {}\n{:22} {}{}\n{:22} override: FCN_URL_{}=URL'.format(
+            source.key, source.filename, source.size, where, '', source.url, '',
+            checksums or 'none published: size and digests recorded at the first download',
+            ' [from {}]'.format(source.origin) if source.origin else '', '',
+            source.key.upper()))
+
+    print('datasets (python -m data.prepare DATASET):')
+    for source in SOURCES.values():
+        show(source, 'downloads/')
+    print('published weights (python -m data.prepare --weights NET):')
+    for name, source in published.WEIGHTS.items():
+        show(source, '{} (NET {})'.format(
+            published.local_path(name).relative_to(published.REPO), name))
 
 
 def parse_url_override(text):
@@ -249,17 +290,22 @@ def parse_url_override(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m data.prepare',
-        description='Download, verify, unpack and split the FCN datasets.',
+        description='Download, verify, unpack and split the FCN datasets; fetch the '
+                    'published weights.',
         epilog='Environment: FCN_DATA_DIR (data root), FCN_DATA_MIRROR (as --mirror), '
                'FCN_ARCHIVES (as --archives, colon-separated), FCN_URL_<KEY> (as --url).')
     parser.add_argument('dataset', nargs='?', choices=sorted(DATASETS),
                         help='the dataset to prepare')
+    parser.add_argument('--weights', nargs='+', metavar='NET',
+                        help='fetch the published weights of these nets instead (a net of '
+                             'the model table or its weights file; see --list)')
     parser.add_argument('--data-dir', type=Path, default=None, metavar='DIR',
                         help='data root (default: $FCN_DATA_DIR, else <repo>/data)')
     parser.add_argument('--archives', type=Path, action='append', default=[], metavar='DIR',
                         help='a folder of already-downloaded archives, used in place '
                              '(repeatable)')
-    parser.add_argument('--mirror', metavar='URL', help='base URL serving every archive by its file name')
+    parser.add_argument('--mirror', metavar='URL',
+                        help='base URL serving every archive and weights file by its file name')
     parser.add_argument('--url', type=parse_url_override, action='append', default=[],
                         metavar='KEY=URL', help='the URL of one source (keys: see --list)')
     parser.add_argument('--list', action='store_true', help='list the sources and exit')
@@ -267,14 +313,19 @@ def main(argv=None):
     if args.list:
         list_sources()
         return 0
-    if not args.dataset:
-        parser.error('name a dataset ({}) or --list'.format(', '.join(sorted(DATASETS))))
+    if not args.dataset and not args.weights:
+        parser.error('name a dataset ({}), --weights NET or --list'.format(
+            ', '.join(sorted(DATASETS))))
     root = (args.data_dir or data_root()).resolve()
     archives = args.archives + [Path(folder) for folder in
                                 os.environ.get('FCN_ARCHIVES', '').split(os.pathsep) if folder]
     try:
-        fetcher = Fetcher(root / 'downloads', archives, args.mirror, dict(args.url))
-        prepare(args.dataset, root, fetcher)
+        for name in [weights_net(text) for text in args.weights or ()]:
+            fetch_weights(name, archives, args.mirror, dict(args.url))
+        if args.dataset:
+            fetcher = Fetcher(root / 'downloads', archives, args.mirror, dict(args.url),
+                              sources=ALL_SOURCES)
+            prepare(args.dataset, root, fetcher)
     except (FetchError, ExtractError, PrepareError) as error:
         print('error: {}'.format(error), file=sys.stderr)
         return 1

@@ -1,8 +1,11 @@
 """Every file the dataset preparation downloads: where from, and the checksum that
 proves a copy genuine.
 
-A checksum of None means none is recorded: the download is then accepted, and its
-md5 and sha256 are printed so that they can be checked and recorded here.
+A checksum of None means none is published: the first download is then accepted, and
+its size and digests are recorded next to it (<file>.digests.json, see data.fetch) and
+printed, so that later copies are checked against them and they can be compared with a
+trusted copy and written here. The published weights (models/weights.py) are sources of
+the same kind.
 The key names the source on the command line (--url KEY=URL) and in the
 environment (FCN_URL_<KEY>, upper case).
 """
@@ -16,6 +19,7 @@ class Source:
     filename: str
     url: str
     md5: Optional[str] = None
+    sha1: Optional[str] = None
     sha256: Optional[str] = None
     size: str = 'unknown'   # approximate, for the user's information
     origin: str = ''        # where the checksum was published, when not in the facts sheet

@@ -36,8 +36,7 @@ FC_OUTPUTS = 4096
 SOLVER_DEFAULTS = dict(
     train_net='train.prototxt', test_net=['val.prototxt'],
     test_interval=999999999, test_initialization=False,
-    display=20, average_loss=20, lr_policy='fixed', weight_decay=0.0005,
-    snapshot_prefix='snapshot/train')
+    display=20, average_loss=20, lr_policy='fixed', weight_decay=0.0005)
 # solver.prototxt lists the fields in this order (protobuf would print them by number).
 SOLVER_ORDER = ('train_net', 'test_net', 'test_iter', 'test_interval', 'test_initialization',
                 'display', 'average_loss', 'type', 'lr_policy', 'base_lr', 'momentum', 'iter_size',
@@ -270,7 +269,10 @@ def solver(spec):
     message = caffe_pb2.SolverParameter(
         **SOLVER_DEFAULTS, test_iter=[math.ceil(spec.val_size / spec.batch_size)],
         base_lr=spec.base_lr, momentum=spec.momentum, iter_size=spec.iter_size,
-        max_iter=spec.max_iter, snapshot=spec.snapshot)
+        max_iter=spec.max_iter)
+    if spec.snapshot:  # the reference's SIFT Flow solvers name no snapshots at all
+        message.snapshot = spec.snapshot
+        message.snapshot_prefix = 'snapshot/train'
     if spec.solver_type != 'SGD':  # the reference solvers leave Caffe's default unwritten
         message.type = spec.solver_type
     if spec.random_seed is not None:

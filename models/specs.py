@@ -53,8 +53,15 @@ class ModelSpec:
     train_split, val_split, train_data, val_data: the data layer of train/val.prototxt
     val_size    images in val_split: the solver's test_iter (per batch)
     base_lr, momentum, iter_size, max_iter: the solver (lr_policy fixed, weight decay
-                5e-4 for all)
-    snapshot    iterations between snapshots, and between val scores in solve.py
+                5e-4 for all), as the reference's solver.prototxt says
+    snapshot    the solver's snapshot interval (0: the solver names none, as the
+                reference's SIFT Flow solvers); solve.py snapshots at it, else at test_every
+    iterations  how long training runs: what the reference's solve script ran, K calls of
+                solver.step(test_every), which ignores max_iter (None: max_iter)
+    test_every  iterations between scores of the val net: the reference script's step
+    init_snapshots  for each `init` model, the iteration of its snapshot that training
+                starts from (late fusion: the reference took the colour net at 28000
+                and the HHA net at 60000); empty: their final weights
     solver_type Caffe's solver: 'SGD' (with momentum) for every reference net
     random_seed the solver's random_seed (weight fillers, dropout), or None for Caffe's
                 clock-seeded default, as in the reference solvers
@@ -64,7 +71,9 @@ class ModelSpec:
     fusion      how several modalities meet: 'early' (channels concatenated into one body)
                 or 'late' (one body each, coarse scores averaged)
     first_conv  name of conv1_1; renamed where its input is not the 3-channel image, so that
-                weights are not transplanted into it
+                weights are not transplanted into it; training from base weights then fills
+                it as the reference did: conv1_1's weights on the colour channels, their
+                mean on each further channel, conv1_1's bias
     skip_scales fixed factors on pool4 and pool3 before their score layers (FCN-8s at once)
     normalize_loss  the loss averages over pixels (else it sums them, as the VGG nets do)
     deploy_size (height, width) of deploy.prototxt's example input
@@ -101,6 +110,9 @@ class ModelSpec:
     fc6_kernel: int = 7
     solver_type: str = 'SGD'
     snapshot: int = 4000
+    iterations: int | None = None
+    test_every: int = 4000
+    init_snapshots: tuple = ()
     random_seed: int | None = None
 
 
@@ -113,7 +125,7 @@ VOC_MEAN = (104.00699, 116.66877, 122.67892)
 # without the SBD training images).
 VOC = dict(
     dataset='voc', heads=(Head('score', 'label', 21),),
-    train_split='train', val_split='seg11valid', val_size=736,
+    train_split='train', val_split='seg11valid', val_size=736, test_every=4000,
     train_data=data_layer('layers.voc.SBDDSegDataLayer', sbdd_dir='sbdd/dataset',
                           mean=VOC_MEAN),
     val_data=data_layer('layers.voc.VOCSegDataLayer', voc_dir='pascal/VOC2011',
@@ -123,7 +135,8 @@ NYUD_LAYER = data_layer('layers.nyud.NYUDSegDataLayer', nyud_dir='nyud')
 # NYUDv2, the 40-class task of Gupta et al.; the images are 425x560 after their crop.
 NYUD = dict(
     dataset='nyud', heads=(Head('score', 'label', 40),),
-    train_split='trainval', val_split='test', val_size=654,
+    train_split='trainval', val_split='test', val_size=654, test_every=2000, snapshot=2000,
+    iterations=50 * 2000,
     train_data=NYUD_LAYER, val_data=NYUD_LAYER, deploy_size=(425, 560))
 
 SIFTFLOW_LAYER = data_layer('layers.siftflow.SIFTFlowSegDataLayer', siftflow_dir='sift-flow')
@@ -131,7 +144,8 @@ SIFTFLOW_LAYER = data_layer('layers.siftflow.SIFTFlowSegDataLayer', siftflow_dir
 SIFTFLOW = dict(
     dataset='siftflow',
     heads=(Head('score_sem', 'sem', 33, ignore_absent=True), Head('score_geo', 'geo', 3)),
-    train_split='trainval', val_split='test', val_size=200,
+    train_split='trainval', val_split='test', val_size=200, test_every=2000, snapshot=0,
+    iterations=50 * 2000,
     train_data=SIFTFLOW_LAYER, val_data=SIFTFLOW_LAYER, deploy_size=(256, 256))
 
 PASCALCONTEXT_LAYER = data_layer(
@@ -140,29 +154,36 @@ PASCALCONTEXT_LAYER = data_layer(
 # PASCAL-Context, 59 classes and background, on VOC2010 images.
 PASCALCONTEXT = dict(
     dataset='pascalcontext', heads=(Head('score', 'label', 60),),
-    train_split='train', val_split='val', val_size=5105,
+    train_split='train', val_split='val', val_size=5105, test_every=8000,
+    iterations=50 * 8000,
     train_data=PASCALCONTEXT_LAYER, val_data=PASCALCONTEXT_LAYER)
 
 # Unnormalised losses sum over ~10^5 pixels, hence the tiny learning rates; each finer
 # stride starts from the coarser net and takes a 100x smaller rate.
 HIGH_MOMENTUM = dict(momentum=0.99, iter_size=1)
+# The reference's solve scripts loop `solver.step(test_every)` and score in between; Caffe's
+# step() ignores max_iter, so `iterations` (K x test_every) is what they ran, whatever the
+# solver file says: VOC 25 x 4000 (at once 75 x 4000), NYUD and SIFT Flow 50 x 2000,
+# PASCAL-Context 50 x 8000.
+VOC_RUN = 25 * 4000
 
 REFERENCE_MODELS = (
     ModelSpec('voc-fcn32s', body='vgg16', stride=32, init='vgg16-fcn', **VOC,
-              base_lr=1e-10, max_iter=100000, **HIGH_MOMENTUM),
+              base_lr=1e-10, max_iter=100000, iterations=VOC_RUN, **HIGH_MOMENTUM),
     ModelSpec('voc-fcn16s', body='vgg16', stride=16, init='voc-fcn32s', **VOC,
-              base_lr=1e-12, max_iter=100000, **HIGH_MOMENTUM),
+              base_lr=1e-12, max_iter=100000, iterations=VOC_RUN, **HIGH_MOMENTUM),
     ModelSpec('voc-fcn8s', body='vgg16', stride=8, init='voc-fcn16s', **VOC,
-              base_lr=1e-14, max_iter=100000, **HIGH_MOMENTUM),
+              base_lr=1e-14, max_iter=100000, iterations=VOC_RUN, **HIGH_MOMENTUM),
     # All strides learnt at once: the skips' inputs are scaled down so that their scores
     # start small against the coarse score's.
     ModelSpec('voc-fcn8s-atonce', body='vgg16', stride=8, init='vgg16-fcn', **VOC,
               skip_scales=(0.01, 0.0001),
-              base_lr=1e-10, max_iter=300000, **HIGH_MOMENTUM),
+              base_lr=1e-10, max_iter=300000, iterations=75 * 4000, **HIGH_MOMENTUM),
     # CaffeNet body, normalised loss, standard momentum, 20 images per update.
     ModelSpec('voc-fcn-alexnet', body='alexnet', stride=32, init='alexnet-fcn', **VOC,
               normalize_loss=True,
-              base_lr=1e-4, momentum=0.9, iter_size=20, max_iter=100000),
+              base_lr=1e-4, momentum=0.9, iter_size=20, max_iter=100000,
+              iterations=VOC_RUN),
 
     ModelSpec('nyud-fcn32s-color', body='vgg16', stride=32, init='vgg16-fcn', **NYUD,
               modalities=('color',),
@@ -174,8 +195,8 @@ REFERENCE_MODELS = (
               modalities=('color', 'depth'), fusion='early', first_conv='conv1_1_bgrd',
               base_lr=1e-10, max_iter=300000, **HIGH_MOMENTUM),
     ModelSpec('nyud-fcn32s-color-hha', body='vgg16', stride=32,
-              init=('nyud-fcn32s-color', 'nyud-fcn32s-hha'), **NYUD,
-              modalities=('color', 'hha'), fusion='late',
+              init=('nyud-fcn32s-color', 'nyud-fcn32s-hha'), init_snapshots=(28000, 60000),
+              **NYUD, modalities=('color', 'hha'), fusion='late',
               base_lr=1e-12, max_iter=300000, **HIGH_MOMENTUM),
 
     ModelSpec('siftflow-fcn32s', body='vgg16', stride=32, init='vgg16-fcn', **SIFTFLOW,
@@ -220,7 +241,7 @@ TOY_CLASSES = 6  # background + 5 hues; the classifier uses the same ids (0 neve
 TOY_MEAN = (128.0, 128.0, 128.0)
 TOY = dict(dataset='toy', body='vgg16', width=TOY_WIDTH, fc6_kernel=4,
            train_split='train', val_split='val', normalize_loss=True, solver_type='Adam',
-           momentum=0.9, iter_size=1, snapshot=500, random_seed=1337)
+           momentum=0.9, iter_size=1, snapshot=500, test_every=500, random_seed=1337)
 TOY_SEG_LAYER = data_layer('layers.voc.VOCSegDataLayer', voc_dir='toy', mean=TOY_MEAN)
 TOY_FCN = dict(
     **TOY, heads=(Head('score', 'label', TOY_CLASSES),), val_size=120,

@@ -1,13 +1,29 @@
 #!/usr/bin/env python3
-"""Segment images with a trained FCN: a label PNG (the dataset's palette, class ids as
-pixel values) and an overlay on the image for every image, at the image's own size.
+"""Segment images with a trained FCN: for every image a label PNG (the dataset's palette,
+class ids as pixel values) and an overlay on the image with a legend of the classes
+present, at the image's own size.
 
-  infer.py MODEL --weights W IMAGE... [--out DIR] [--cpu | --gpu N]
+  infer.py MODEL --weights W|released IMAGE|FOLDER... [--out DIR] [--probabilities]
+           [--max-side PIXELS] [--cpu | --gpu N]
 
-The model's deploy net takes one 3-channel input of any size: an RGB photo for most
-models, an HHA image for nyud-fcn32s-hha. Its mean is the one the model was trained with.
-Writes DIR/<image name>.png and DIR/<image name>_overlay.png (default DIR:
-runs/MODEL/infer); with several heads (SIFT Flow) one pair per head, suffixed by label.
+`--weights released` takes the reference release's weights of MODEL (fetched and verified
+if not yet in weights/released/). A FOLDER stands for the images in it (not its
+subfolders). Any image PIL reads: grey, palette, RGBA (transparency shown over white),
+CMYK, 16-bit; EXIF orientation is applied, so the labels line up with the picture as
+viewers show it. The model's deploy net takes one 3-channel input of any size: an RGB
+photo for most models, an HHA image for nyud-fcn32s-hha. Its mean is the one the model
+was trained with.
+
+Writes DIR/<image name>.png and DIR/<image name>_overlay.png, with --probabilities also
+DIR/<image name>_prob.npz (float32 softmax probabilities `prob`, classes x height x width,
+and the class names `classes`). With several heads (SIFT Flow) one set per head, suffixed
+by the head's label. Default DIR: runs/MODEL/infer (runs/released/MODEL/infer for the
+released weights).
+
+The net runs at the image's size, as the reference's did; VGG16 FCNs need several GB for a
+photo of a few megapixels. --max-side shrinks larger images for the net so that their
+longer side has that many pixels; the scores are then interpolated back to the image's
+size (bilinear) before the labels are taken.
 """
 import argparse
 import importlib
@@ -15,11 +31,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 import netfiles
 import viz
 from netfiles import UsageError
+from score import Progress
+
+IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
+                  '.pgm', '.pnm'}
 
 
 def input_mean(spec):
@@ -42,44 +62,136 @@ def single_input(net, model):
     return next(iter(shapes))
 
 
+def eight_bit(image):
+    """A 16-bit or 32-bit integer grey image (modes I;16*, I) or a float one (F) as 8-bit
+    grey: integers above 255 are taken as 16-bit (0..65535), floats up to 1 as 0..1."""
+    values = np.asarray(image, np.float64)
+    if image.mode == 'F':
+        scale = 255.0 if values.max(initial=0) <= 1 else 1.0
+    else:
+        scale = 255 / 65535 if image.mode.startswith('I;16') or values.max(initial=0) > 255 \
+            else 1.0
+    return Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), 'L')
+
+
 def read_rgb(path):
+    """HxWx3 uint8 RGB of an image file as a viewer shows it."""
     try:
         with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode.startswith('I') or image.mode == 'F':
+                image = eight_bit(image)
+            if image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info:
+                rgba = image.convert('RGBA')
+                image = Image.new('RGBA', rgba.size, 'white')
+                image.alpha_composite(rgba)
             return np.array(image.convert('RGB'))
-    except OSError as e:
+    except (OSError, UnidentifiedImageError, ValueError) as e:
         raise UsageError(f'cannot read image {path}: {e}') from e
 
 
-def segment(net, input_name, rgb, mean, heads):
-    """Class ids per pixel of one HxWx3 RGB image: {head label: HxW uint8}."""
-    bgr = rgb[:, :, ::-1].astype(np.float32) - mean
-    net.blobs[input_name].reshape(1, 3, *rgb.shape[:2])
+def image_paths(arguments):
+    """The image files named, a folder standing for the images in it, sorted; an error for
+    a missing path, an empty folder, or two images of one name (their outputs would
+    collide)."""
+    paths = []
+    for argument in map(Path, arguments):
+        if argument.is_dir():
+            found = sorted(p for p in argument.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f'{argument} holds no images '
+                                 f'({", ".join(sorted(IMAGE_SUFFIXES))})')
+            paths += found
+        elif argument.is_file():
+            paths.append(argument)
+        else:
+            raise UsageError(f'no such image or folder: {argument}')
+    stems = {}
+    for path in paths:
+        if path.stem in stems:
+            raise UsageError(f'{stems[path.stem]} and {path} would write the same outputs; '
+                             f'segment them into separate --out folders')
+        stems[path.stem] = path
+    return paths
+
+
+def fitted(rgb, max_side):
+    """The image shrunk so that its longer side is at most max_side (None: as it is)."""
+    height, width = rgb.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return rgb
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.array(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+
+
+def resized_scores(scores, shape):
+    """Class scores (K x h x w) interpolated bilinearly to shape (H, W)."""
+    if scores.shape[1:] == tuple(shape):
+        return scores
+    size = (shape[1], shape[0])
+    return np.stack([np.array(Image.fromarray(channel, 'F').resize(size, Image.Resampling.BILINEAR))
+                     for channel in scores.astype(np.float32)])
+
+
+def softmax(scores):
+    """Per-pixel class probabilities of K x H x W scores."""
+    shifted = np.exp(scores - scores.max(0, keepdims=True))
+    return (shifted / shifted.sum(0, keepdims=True)).astype(np.float32)
+
+
+def segment(net, input_name, rgb, mean, heads, max_side=None):
+    """Class scores per pixel of one HxWx3 RGB image at its own size:
+    {head label: K x H x W float32}."""
+    seen = fitted(rgb, max_side)
+    bgr = seen[:, :, ::-1].astype(np.float32) - mean
+    net.blobs[input_name].reshape(1, 3, *seen.shape[:2])
     net.blobs[input_name].data[0] = bgr.transpose(2, 0, 1)
     net.reshape()
     net.forward()
-    labels = {}
+    scores = {}
     for head in heads:
-        scores = net.blobs[head.score].data[0]
-        if scores.shape[1:] != rgb.shape[:2]:
-            raise UsageError(f'{head.score} is {scores.shape[1]}x{scores.shape[2]} for a '
-                             f'{rgb.shape[0]}x{rgb.shape[1]} image: not a deploy FCN')
-        labels[head.label] = scores.argmax(0).astype(np.uint8)
-    return labels
+        head_scores = net.blobs[head.score].data[0]
+        if head_scores.shape[1:] != seen.shape[:2]:
+            raise UsageError(f'{head.score} is {head_scores.shape[1]}x{head_scores.shape[2]} '
+                             f'for a {seen.shape[0]}x{seen.shape[1]} image: not a deploy FCN')
+        scores[head.label] = resized_scores(np.array(head_scores), rgb.shape[:2])
+    return scores
 
 
-def infer_files(net, heads, mean, paths, out_dir):
-    """Segment image files into out_dir; returns the label PNGs written."""
+def infer_files(net, heads, mean, paths, out_dir, class_names=None, probabilities=False,
+                max_side=None, label='infer'):
+    """Segment image files into out_dir; returns the label PNGs written. class_names:
+    {head label: names} for the legends (default: class numbers)."""
     input_name = single_input(net, 'the net')
     written = []
-    for index, path in enumerate(paths, 1):
+    progress = Progress(len(paths), label)
+    for path in paths:
         rgb = read_rgb(path)
-        for label, pred in segment(net, input_name, rgb, mean, heads).items():
-            stem = Path(path).stem + ('' if len(heads) == 1 else f'_{label}')
-            viz.save_label_png(Path(out_dir) / f'{stem}.png', pred)
-            viz.save_rgb_png(Path(out_dir) / f'{stem}_overlay.png', viz.overlay(rgb, pred))
-            written.append(Path(out_dir) / f'{stem}.png')
-        print(f'{index}/{len(paths)} {path}', flush=True)
+        scores = segment(net, input_name, rgb, mean, heads, max_side)
+        for head in heads:
+            head_scores = scores[head.label]
+            pred = head_scores.argmax(0).astype(np.uint8)
+            names = (class_names or {}).get(head.label) or \
+                tuple(f'class {i}' for i in range(head.num_classes))
+            stem = Path(path).stem + ('' if len(heads) == 1 else f'_{head.label}')
+            out = Path(out_dir)
+            viz.save_label_png(out / f'{stem}.png', pred)
+            viz.save_rgb_png(out / f'{stem}_overlay.png',
+                             viz.overlay_with_legend(rgb, pred, names))
+            if probabilities:
+                save_probabilities(out / f'{stem}_prob.npz', softmax(head_scores), names)
+            written.append(out / f'{stem}.png')
+        progress.step()
     return written
+
+
+def save_probabilities(path, prob, names):
+    def write(tmp):
+        with open(tmp, 'wb') as f:  # a file object: np.savez would append .npz to a name
+            np.savez_compressed(f, prob=prob, classes=np.array(names))
+    viz.atomic_save(path, write)
 
 
 def main(argv=None):
@@ -87,21 +199,36 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model', help='model name (models/specs.py)')
-    parser.add_argument('images', nargs='+', type=Path, metavar='IMAGE')
-    parser.add_argument('--weights', required=True, type=Path, help='trained weights')
-    parser.add_argument('--out', type=Path, help='output folder (default runs/MODEL/infer)')
+    parser.add_argument('images', nargs='+', metavar='IMAGE|FOLDER')
+    parser.add_argument('--weights', required=True,
+                        help='trained weights (.caffemodel), or "released" for the reference '
+                             "release's weights of MODEL (fetched if absent)")
+    parser.add_argument('--out', type=Path, help='output folder (default runs/MODEL/infer, '
+                        'runs/released/MODEL/infer for the released weights)')
+    parser.add_argument('--probabilities', action='store_true',
+                        help='also write per-class probabilities (<name>_prob.npz)')
+    parser.add_argument('--max-side', type=int, metavar='PIXELS',
+                        help='shrink larger images for the net to this longer side')
     devices.add_device_args(parser)
     args = parser.parse_args(argv)
     spec = netfiles.model_spec(args.model)
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise UsageError(f'no such image: {", ".join(missing)}')
+    paths = image_paths(args.images)
+    if args.max_side is not None and args.max_side < 1:
+        parser.error('--max-side must be a positive number of pixels')
     devices.select_device(args)
-    net = netfiles.load_net(netfiles.model_file(args.model, 'deploy'), args.weights)
+    weights = netfiles.weights_file(args.model, args.weights)
+    net = netfiles.load_net(netfiles.model_file(args.model, 'deploy'), weights)
+    released = args.weights == netfiles.RELEASED
+    if released:
+        netfiles.require_filled(net, args.model, weights)
     single_input(net, args.model)
-    out = args.out or netfiles.RUNS_DIR / args.model / 'infer'
-    infer_files(net, spec.heads, input_mean(spec), args.images, out)
-    print(f'wrote {out}')
+    out = args.out or (netfiles.RUNS_DIR / netfiles.RELEASED / args.model / 'infer' if released
+                       else netfiles.RUNS_DIR / args.model / 'infer')
+    names = {h.label: netfiles.class_names(spec.dataset, h.label, h.num_classes)
+             for h in spec.heads}
+    infer_files(net, spec.heads, input_mean(spec), paths, out, names, args.probabilities,
+                args.max_side, label=f'infer {args.model}')
+    print(f'wrote {len(paths)} images\' labels and overlays to {out}')
 
 
 if __name__ == '__main__':

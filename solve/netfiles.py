@@ -18,7 +18,11 @@ import caffe_env  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / 'models'
-RUNS_DIR = REPO / 'runs'
+# Training runs, and the base weights (surgery's output) training starts from: the
+# Makefile points both elsewhere for a short run (STEPS=N), so a full run never meets it.
+# Relative paths are taken from the repository.
+RUNS_DIR = REPO / os.environ.get('FCN_RUNS_DIR', 'runs')
+WEIGHTS_DIR = REPO / os.environ.get('FCN_WEIGHTS_DIR', 'weights')
 
 
 class UsageError(SystemExit):
@@ -44,9 +48,9 @@ def model_spec(name):
     return MODELS[name]
 
 
-def model_file(name, kind, models_dir=MODELS_DIR):
+def model_file(name, kind, models_dir=None):
     """`models/<name>/<kind>.prototxt`, which must exist."""
-    path = Path(models_dir) / name / f'{kind}.prototxt'
+    path = Path(models_dir or MODELS_DIR) / name / f'{kind}.prototxt'
     if not path.is_file():
         raise UsageError(f'{path} does not exist; generate the model files first '
                          f'(`make models`)')
@@ -141,6 +145,47 @@ def split_ids(net):
         raise UsageError(f'the data layer {type(layer).__name__} does not list its '
                          f'image ids (`ids`), so the split length is unknown')
     return [str(i) for i in ids]
+
+
+RELEASED = 'released'
+
+
+def weights_file(model, weights):
+    """The weights a tool was given: a file, or RELEASED for the reference release's
+    weights of `model` (models/weights.py), fetched and verified if not yet on disk."""
+    if weights != RELEASED:
+        return Path(weights)
+    from models import weights as published
+    if model not in published.RELEASED:
+        raise UsageError(f'{model} has no released weights; the reference released: '
+                         f'{", ".join(published.RELEASED)}')
+    path = published.local_path(model)
+    if not path.is_file():
+        from data.fetch import FetchError
+        from data.prepare import fetch_weights
+        archives = [Path(p) for p in os.environ.get('FCN_ARCHIVES', '').split(os.pathsep) if p]
+        try:
+            fetch_weights(model, archives)
+        except FetchError as e:
+            raise UsageError(str(e)) from e
+    return path
+
+
+def unfilled_layers(net):
+    """Layers whose parameters are all zero after loading weights: the reference nets'
+    deploy and val definitions fill nothing but the at-once skip scales, so these got
+    nothing from the weights file (it has no layer of that name)."""
+    return [name for name, blobs in net.params.items()
+            if not any(blob.data.any() for blob in blobs)]
+
+
+def require_filled(net, model, weights):
+    """Stop unless every parameter layer of `net` took values from `weights`."""
+    missing = unfilled_layers(net)
+    if missing:
+        raise UsageError(f'{weights} has no weights for {len(missing)} layers of {model} '
+                         f'({", ".join(missing[:5])}{", ..." if len(missing) > 5 else ""}): '
+                         f'it is not a {model} model')
 
 
 def load_net(prototxt, weights=None, phase='test', data_updates=None):

@@ -4,6 +4,10 @@ pixel accuracy, mean accuracy, mean IU and frequency-weighted IU from it.
 
 Three ways in:
   score.py MODEL --weights W [--split S]       forward the model's val net over a split
+                                               (W: a .caffemodel, or `released` for the
+                                               reference release's weights of MODEL,
+                                               fetched if absent, scored into
+                                               runs/released/MODEL/score.json)
   score.py --pred-dir P --gt-dir G --num-classes K   compare saved label PNGs
   score.py --merge A.npz B.npz ...             merge the histograms of sharded runs
 
@@ -155,16 +159,14 @@ def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score',
     The data layer walks the split in order and wraps, so the forward passes outside this
     shard's block run the data layers alone: the reader ends where it began and the next
     pass (the next validation during training) sees the same examples. `limit` scores only
-    the block's first examples (quick looks during training).
+    the split's first examples (quick looks), shared among the shards as a whole split is.
     Returns {head.label: ConfusionMatrix}.
     """
     batch = net.blobs[heads[0].label].data.shape[0]
     passes = -(-len(image_ids) // batch)
-    start, stop = shard_range(passes, shard)
-    end = min(len(image_ids), stop * batch)
-    if limit is not None:
-        end = min(end, start * batch + limit)
-        stop = -(-end // batch)
+    scored = len(image_ids) if limit is None else min(limit, len(image_ids))
+    start, stop = shard_range(-(-scored // batch), shard)
+    end = min(scored, stop * batch)
     last_data_layer = data_layer_count(net) - 1
     for _ in range(start):
         net._forward(0, last_data_layer)
@@ -305,20 +307,35 @@ def score_model(args):
     netfiles.set_data_dir(args.data_dir)
     devices.select_device(args)
     split = args.split or spec.val_split
-    net = netfiles.load_net(netfiles.model_file(args.model, 'val'), args.weights,
+    weights = netfiles.weights_file(args.model, args.weights)
+    net = netfiles.load_net(netfiles.model_file(args.model, 'val'), weights,
                             data_updates={'split': args.split})
+    released = args.weights == netfiles.RELEASED
+    if released:
+        netfiles.require_filled(net, args.model, weights)
     ids = netfiles.split_ids(net)
     hists = score_net(net, spec.heads, ids, args.shard, args.save_dir,
-                      label=f'score {args.model} {split}')
+                      label=f'score {args.model} {split}', limit=args.images)
     names = {h.label: netfiles.class_names(spec.dataset, h.label, h.num_classes)
              for h in spec.heads}
     ignore = {h.label: args.ignore_absent or h.ignore_absent for h in spec.heads}
-    extra = {'model': args.model, 'weights': str(args.weights), 'split': split}
+    extra = {'model': args.model, 'weights': str(weights), 'split': split}
+    if released:
+        extra['released'] = True
+    if args.images:
+        extra['images'] = args.images
     if args.shard != (0, 1):
         extra['shard'] = f'{args.shard[0]}/{args.shard[1]}'
     shard = '' if args.shard == (0, 1) else f'-shard{args.shard[0]}of{args.shard[1]}'
-    json_path = args.json or netfiles.RUNS_DIR / args.model / f'score-{split}{shard}.json'
-    return hists, names, ignore, extra, json_path
+    if released:
+        # The released weights' score on the model's own split is what make and the
+        # reproduction report read.
+        name = 'score.json' if (split, shard) == (spec.val_split, '') else \
+            f'score-{split}{shard}.json'
+        default = netfiles.RUNS_DIR / netfiles.RELEASED / args.model / name
+    else:
+        default = netfiles.RUNS_DIR / args.model / f'score-{split}{shard}.json'
+    return hists, names, ignore, extra, args.json or default
 
 
 def build_parser():
@@ -326,8 +343,11 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model', nargs='?', help='model name (models/specs.py)')
-    parser.add_argument('--weights', type=Path, help='trained weights (.caffemodel)')
+    parser.add_argument('--weights', help='trained weights (.caffemodel), or "released" for '
+                        "the reference release's weights of MODEL (fetched if absent)")
     parser.add_argument('--split', help="split to score (default: the model's val split)")
+    parser.add_argument('--images', type=int, metavar='N',
+                        help='score only the first N images of the split (a quick look)')
     parser.add_argument('--data-dir', help='data root (default: $FCN_DATA_DIR or data/)')
     parser.add_argument('--save-dir', type=Path, help='write prediction PNGs (palette) here')
     parser.add_argument('--pred-dir', type=Path, help='score saved prediction PNGs ...')
@@ -369,6 +389,8 @@ def main(argv=None):
     else:
         if args.weights is None:
             parser.error('MODEL needs --weights')
+        if args.images is not None and args.images < 1:
+            parser.error(f'--images {args.images}: give at least 1')
         hists, names, ignore, extra, json_path = score_model(args)
     if args.save_hist:
         save_hist(args.save_hist, hists, names, ignore, args.shard)

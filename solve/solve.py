@@ -2,15 +2,19 @@
 """Train an FCN model of the table (models/specs.py) with Caffe's solver.
 
   solve.py MODEL [--cpu | --gpu N | --gpus 0,1,...] [--weights W] [--resume STATE|auto]
-           [--steps N] [--test-every N] [--data-dir D]
+           [--init-from reference|final|best] [--steps N] [--test-every N] [--data-dir D]
+  solve.py MODEL --plan     # what the run will do, as JSON; trains nothing
 
-The solver comes from models/MODEL/solver.prototxt. Training starts from what the table's
-`init` names: the final weights of the previous stage (runs/<prev>/final.caffemodel),
-base weights made by surgery (weights/<name>.caffemodel), or both nets of a late fusion;
-`--weights` overrides it. Every upsampling (Deconvolution) layer is then filled with
-bilinear kernels. Between steps the val net, sharing the training net's weights, is
-scored; losses go to runs/MODEL/train_log.csv, scores to val_log.json, and both to
-loss.png and mean_iu.png.
+The solver comes from models/MODEL/solver.prototxt; the run is the reference's: as long
+as its solve script ran (the table's `iterations`, not the solver's max_iter, which
+Caffe's step() ignored) and scored every `test_every` iterations. Training starts from
+what the table's `init` names: the final weights of the previous stage
+(runs/<prev>/final.caffemodel), base weights made by surgery (weights/<name>.caffemodel),
+or both nets of a late fusion at the snapshots the reference took; `--weights` overrides
+it. A first convolution renamed for a wider input (NYUD colour-depth) is then filled from
+conv1_1, and every upsampling (Deconvolution) layer with bilinear kernels. Between steps
+the val net, sharing the training net's weights, is scored; losses go to
+runs/MODEL/train_log.csv, scores to val_log.json, and both to loss.png and mean_iu.png.
 
 Snapshots (runs/MODEL/snapshots/) are atomic: Caffe writes them into a scratch folder,
 they are checked, and only then moved into place. Ctrl-C or SIGTERM finishes the current
@@ -22,586 +26,115 @@ With --gpus, one process per GPU trains through Caffe's NCCL support: the data l
 shard the training set by rank and rank 0 alone scores, logs and snapshots.
 """
 import argparse
-import csv
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
-import re
-import shutil
-import signal
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 import netfiles
-import score
-import surgery
-import viz
 from netfiles import UsageError
+from trainer import FINAL_WEIGHTS, SNAPSHOT_DIR, Stage, StopRequest, latest_snapshot, train
 
-SNAPSHOT_DIR = 'snapshots'
-SCRATCH_DIR = '.snapshot-scratch'
-FINAL_WEIGHTS = 'final.caffemodel'
-WEIGHTS_DIR = netfiles.REPO / 'weights'
+WEIGHTS_DIR = netfiles.WEIGHTS_DIR
+
+# ---- what a run starts from -------------------------------------------------------------
+
+INIT_CHOICES = ('reference', 'final', 'best')
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One training run. Plain data, so that every GPU process gets a copy."""
-    name: str                  # snapshot file prefix
-    solver: Path               # solver.prototxt; its net paths are relative to its folder
-    run_dir: Path              # snapshots, logs, plots, final weights
-    heads: tuple               # Head(score, label, num_classes, ignore_absent)
-    class_names: dict = field(default_factory=dict)  # label -> names, for the val log
-    init: tuple = ()           # (weights file, modality) pairs; modality '' but for fusion
-    resume: Path = None        # a .solverstate; `init` is then not used
-    steps: int = None          # iterations to run now (default: up to the solver's max_iter)
-    test_every: int = None     # default: the solver's snapshot interval; 0: never
-    snapshot_every: int = None  # default: the solver's snapshot interval
-    val_images: int = None     # score only the first N val images (quick looks)
-    keep_snapshots: int = 0    # keep the newest N snapshots; 0 keeps all
+class InitSource:
+    """One net's weights that training starts from."""
+    weights: Path
+    iteration: int | None  # the snapshot's iteration; None for final or base weights
+    modality: str          # late fusion: the suffix of this net's layers; '' otherwise
+    hint: str              # how to make the file when it is missing
 
-
-# ---- the solver ------------------------------------------------------------------------
-
-def prepare_solver(stage):
-    """The solver definition Caffe is given: absolute net paths, snapshots into the
-    scratch folder, and Caffe's own periodic snapshots off (they would not be atomic).
-    Returns (path of the written solver.prototxt, the original SolverParameter)."""
-    original = netfiles.read_solver(stage.solver)
-    param = type(original)()
-    param.CopyFrom(original)
-    base = Path(stage.solver).resolve().parent
-
-    def resolve(path):
-        return str(base / path)
-
-    for name in ('net', 'train_net'):
-        if param.HasField(name):
-            setattr(param, name, resolve(getattr(param, name)))
-    param.test_net[:] = [resolve(path) for path in param.test_net]
-    param.snapshot = 0
-    param.snapshot_format = param.BINARYPROTO
-    param.snapshot_prefix = str(Path(stage.run_dir).resolve() / SCRATCH_DIR / stage.name)
-    (Path(stage.run_dir) / SCRATCH_DIR).mkdir(parents=True, exist_ok=True)
-    path = Path(stage.run_dir) / 'solver.prototxt'
-    netfiles.write_text_proto(path, param)
-    return path, original
-
-
-def snapshot_iteration(path):
-    match = re.search(r'_iter_(\d+)\.solverstate$', str(path))
-    return int(match.group(1)) if match else -1
-
-
-def latest_snapshot(run_dir):
-    states = sorted(Path(run_dir, SNAPSHOT_DIR).glob('*.solverstate'), key=snapshot_iteration)
-    return states[-1] if states else None
-
-
-def restore(solver, state_path):
-    """Resume from a snapshot; the weights file is found next to the state file."""
-    from caffe.proto import caffe_pb2
-    state_path = Path(state_path)
-    if not state_path.is_file():
-        raise UsageError(f'--resume {state_path}: no such snapshot')
-    state = caffe_pb2.SolverState()
-    state.ParseFromString(state_path.read_bytes())
-    weights = state_path.parent / Path(state.learned_net).name
-    if not weights.is_file():
-        raise UsageError(f'{state_path} needs its weights {weights}, which do not exist')
-    state.learned_net = str(weights.resolve())
-    scratch = state_path.with_name(f'.{state_path.name}.resume{os.getpid()}')
-    try:
-        scratch.write_bytes(state.SerializeToString())
-        solver.restore(str(scratch))
-    finally:
-        scratch.unlink(missing_ok=True)
-
-
-def parse_weights(path):
-    """A caffemodel's layers, or an error if the file is cut short or not one."""
-    from caffe.proto import caffe_pb2
-    net = caffe_pb2.NetParameter()
-    net.ParseFromString(Path(path).read_bytes())
-    return net
-
-
-# ---- stopping on a signal ------------------------------------------------------------
-
-class StopRequest:
-    """SIGINT or SIGTERM asks training to stop; the loop asks between iterations.
-
-    With one process per GPU, every rank must stop after the same iteration or the
-    others would wait for it forever in NCCL. The signal number then lives in shared
-    memory, and `requested()` is a rendezvous: between two barriers rank 0 copies the
-    shared flag into the decision all ranks read.
-    """
-
-    def __init__(self, signalled=None, decision=None, barrier=None, rank=0):
-        self.signalled = signalled
-        self.decision = decision
-        self.barrier = barrier
-        self.rank = rank
-        self.local_signum = 0
-
-    @classmethod
-    def shared(cls, context, count):
-        return cls(context.Value('i', 0), context.Value('i', 0), context.Barrier(count))
-
-    def for_rank(self, rank):
-        return StopRequest(self.signalled, self.decision, self.barrier, rank)
-
-    @property
-    def signum(self):
-        return self.signalled.value if self.signalled is not None else self.local_signum
-
-    def set(self, signum):
-        if self.signalled is not None:
-            with self.signalled.get_lock():
-                self.signalled.value = self.signalled.value or signum
-        else:
-            self.local_signum = self.local_signum or signum
-
-    def install(self):
-        """Handle SIGINT and SIGTERM; a second signal stops at once (default action)."""
-        def handler(signum, frame):
-            if self.signum:
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-            self.set(signum)
-            print(f'\n{signal.Signals(signum).name}: stopping after this iteration '
-                  f'(a snapshot follows); signal again to abort at once', file=sys.stderr,
-                  flush=True)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, handler)
-
-    def requested(self):
-        if self.barrier is None:
-            return self.signum != 0
-        self.barrier.wait()
-        if self.rank == 0:
-            self.decision.value = self.signalled.value
-        self.barrier.wait()
-        return self.decision.value != 0
-
-
-# ---- logs and plots --------------------------------------------------------------------
-
-class TrainingLog:
-    """train_log.csv (a row per iteration), val_log.json (a record per validation), and
-    their plots. On resume, records after the resumed iteration are dropped: that
-    training is redone."""
-
-    def __init__(self, run_dir, start_iter, loss_names, title):
-        self.run_dir = Path(run_dir)
-        self.title = title
-        self.csv_path = self.run_dir / 'train_log.csv'
-        self.val_path = self.run_dir / 'val_log.json'
-        self.columns = ['iteration', 'seconds', 'loss'] + [f'loss_{n}' for n in loss_names]
-        self.rows = [row for row in self._read_csv() if int(row['iteration']) <= start_iter]
-        self.validations = [record for record in self._read_val()
-                            if record['iteration'] <= start_iter] if start_iter else []
-        self.seconds = float(self.rows[-1]['seconds']) if self.rows else 0.0
-        self.clock = time.monotonic()
-
-        def write(tmp):
-            with open(tmp, 'w', newline='') as f:
-                writer = csv.DictWriter(f, self.columns, extrasaction='ignore', restval='')
-                writer.writeheader()
-                writer.writerows(self.rows)
-        viz.atomic_save(self.csv_path, write)
-        self.file = open(self.csv_path, 'a', newline='')
-        self.writer = csv.DictWriter(self.file, self.columns)
-
-    def _read_csv(self):
-        if not self.csv_path.is_file():
-            return []
-        with open(self.csv_path, newline='') as f:
-            return list(csv.DictReader(f))
-
-    def _read_val(self):
-        if not self.val_path.is_file():
-            return []
-        return json.loads(self.val_path.read_text())
-
-    def loss(self, iteration, losses):
-        seconds = self.seconds + time.monotonic() - self.clock
-        row = {'iteration': iteration, 'seconds': f'{seconds:.2f}',
-               'loss': f'{sum(losses.values()):.6g}'}
-        row.update({f'loss_{name}': f'{value:.6g}' for name, value in losses.items()})
-        self.writer.writerow(row)
-        self.file.flush()
-        self.rows.append(row)
-
-    def validation(self, iteration, results):
-        self.validations.append({'iteration': iteration, **results})
-        viz.atomic_save(self.val_path, lambda tmp: Path(tmp).write_text(
-            json.dumps(self.validations, indent=1)))
-        self.plot()
-
-    def plot(self):
-        if self.rows:
-            x = np.array([int(row['iteration']) for row in self.rows])
-            y = np.array([float(row['loss']) for row in self.rows])
-            series = {'loss': (x, y)}
-            window = max(1, len(y) // 50)
-            if window > 1:
-                smooth = np.convolve(y, np.ones(window) / window, mode='valid')
-                series[f'mean of {window}'] = (x[window - 1:], smooth)
-            viz.save_curve_png(self.run_dir / 'loss.png', series, 'training loss',
-                               f'{self.title}: training loss')
-        if self.validations:
-            labels = [key for key in self.validations[0] if key != 'iteration']
-            series = {label: ([r['iteration'] for r in self.validations],
-                              [np.nan if r[label]['mean_iu'] is None else r[label]['mean_iu']
-                               for r in self.validations]) for label in labels}
-            viz.save_curve_png(self.run_dir / 'mean_iu.png', series, 'val mean IU',
-                               f'{self.title}: validation')
-
-    def close(self):
-        self.file.close()
-
-
-def net_loss_names(net):
-    weights = net.blob_loss_weights
-    return [name for name in net.outputs if weights[name]]
-
-
-def net_losses(net):
-    """The weighted loss outputs of a net after a forward pass, by blob name."""
-    weights = net.blob_loss_weights
-    return {name: float(weights[name]) * float(np.asarray(net.blobs[name].data).sum())
-            for name in net_loss_names(net)}
-
-
-class Diverged(ArithmeticError):
-    """The loss is no longer a finite number."""
-
-
-def guard_divergence(net):
-    """Stop a training step whose forward pass gives a non-finite loss, before its
-    backward pass runs.
-
-    Once the weights diverge to NaN, every max-pooling window compares NaN and finds no
-    maximum, and Caffe's CPU backward pass then adds the gradient at index -1, before the
-    start of the bottom diff buffer: the heap is corrupted and the process later dies in
-    free() ("double free or corruption"). A NaN anywhere before a pooling layer reaches the
-    loss, so checking the loss after the net's last layer catches it in time.
-    """
-    last_layer = len(net.layers) - 1
-    losses = [(name, net.blobs[name]) for name in net_loss_names(net)]
-
-    def check(layer):
-        if layer == last_layer:
-            for name, blob in losses:
-                value = float(np.asarray(blob.data).sum())
-                if not np.isfinite(value):
-                    raise Diverged(f'the loss output {name!r} is {value}')
-    net.after_forward(check)
-
-
-# ---- training --------------------------------------------------------------------------
-
-class Trainer:
-    """Steps a Caffe solver one iteration at a time, so that a signal is answered between
-    iterations. Rank 0 (the only process unless several GPUs train) also validates, logs and
-    snapshots; the other ranks only train."""
-
-    def __init__(self, solver, stage, rank, solver_param):
-        """`solver_param`: the model's SolverParameter as written (before prepare_solver
-        turned Caffe's own snapshots off): max_iter, display and the snapshot interval."""
-        self.solver = solver
-        self.stage = stage
-        self.rank = rank
-        interval = solver_param.snapshot
-        self.max_iter = solver_param.max_iter
-        self.display = solver_param.display or 20
-        self.snapshot_every = (stage.snapshot_every if stage.snapshot_every is not None
-                               else interval)
-        self.test_every = stage.test_every if stage.test_every is not None else interval
-        self.run_dir = Path(stage.run_dir)
-        self.log = None
-        self.last_snapshot = None
-        self.last_validation = None
-        self.nccl = None  # kept alive: the solver holds only a raw pointer to it
-
-    @property
-    def is_root(self):
-        return self.rank == 0
-
-    def start(self):
-        """Restore the snapshot, or (rank 0) initialise and fill the upsampling layers."""
-        if self.stage.resume is not None:
-            restore(self.solver, self.stage.resume)
-            self.say(f'resumed from {self.stage.resume} at iteration {self.solver.iter}')
-        elif self.is_root:
-            net = self.solver.net
-            for weights, modality in self.stage.init:
-                try:
-                    suffix = surgery.modality_suffix(net, modality) if modality else ''
-                    report = surgery.load_weights(net, weights, suffix)
-                except surgery.SurgeryError as e:
-                    raise UsageError(str(e)) from e
-                self.say(f'initialised {len(report.copied)} layers from {weights}'
-                         + (f' (as *{suffix})' if suffix else ''))
-            filled = surgery.interp(net)
-            if filled:
-                self.say(f'bilinear upsampling: {", ".join(filled)}')
-        guard_divergence(self.solver.net)
-        if self.is_root:
-            self.log = TrainingLog(self.run_dir, self.solver.iter,
-                                   net_loss_names(self.solver.net), self.stage.name)
-            self.last_snapshot = self.solver.iter if self.stage.resume else None
-
-    def say(self, message):
-        if self.is_root:
-            print(f'[{self.stage.name}] {message}', flush=True)
-
-    def target_iteration(self):
-        if self.stage.steps is not None:
-            return self.solver.iter + self.stage.steps
-        return self.max_iter
-
-    def run(self, stop):
-        """Train to the target iteration; False if a signal stopped it first."""
-        target = self.target_iteration()
-        net = self.solver.net
-        started, started_iter = time.monotonic(), self.solver.iter
-        while self.solver.iter < target:
-            try:
-                self.solver.step(1)
-            except Diverged as e:
-                self.diverged(e)
-            iteration = self.solver.iter
-            if self.is_root:
-                losses = net_losses(net)
-                self.log.loss(iteration, losses)
-                if iteration % self.display == 0:
-                    rate = (iteration - started_iter) / (time.monotonic() - started)
-                    self.say(f'iteration {iteration}/{target}  loss {sum(losses.values()):.4g}'
-                             f'  ({rate:.2f} it/s)')
-            if stop.requested():
-                self.say(f'stopped by {signal.Signals(stop.signum).name} at iteration '
-                         f'{iteration}')
-                if self.is_root:
-                    self.snapshot()
-                    self.finish_logs()
-                return False
-            if self.is_root and self.test_every and iteration % self.test_every == 0:
-                self.validate()
-            if self.is_root and self.snapshot_every and iteration % self.snapshot_every == 0:
-                self.snapshot()
-        if self.is_root:
-            if self.test_every and self.last_validation != self.solver.iter:
-                self.validate()
-            weights = self.snapshot()
-            final = self.run_dir / FINAL_WEIGHTS
-            viz.atomic_save(final, lambda tmp: _link_or_copy(weights, tmp))
-            self.say(f'final weights: {final}')
-            self.finish_logs()
-        return True
-
-    def diverged(self, error):
-        """Stop without snapshotting the diverged weights, naming the last good snapshot."""
-        if self.is_root:
-            self.finish_logs()
-        last = latest_snapshot(self.run_dir)
-        raise UsageError(
-            f'{self.stage.name}: training diverged at iteration {self.solver.iter + 1}: '
-            f'{error}. The learning rate is too high for this net and data (base_lr in '
-            f'{self.stage.solver}). '
-            + (f'The last snapshot is {last}.' if last else 'No snapshot was taken.'))
-
-    def finish_logs(self):
-        self.log.plot()
-        self.log.close()
-
-    def validate(self):
-        """Score the val net (the solver's test net, sharing the training weights)."""
-        test_net = self.solver.test_nets[0]
-        test_net.share_with(self.solver.net)
-        ids = netfiles.split_ids(test_net)
-        hists = score.score_net(test_net, self.stage.heads, ids, limit=self.stage.val_images,
-                                label=f'[{self.stage.name}] validation')
-        names = {h.label: self.stage.class_names.get(h.label) for h in self.stage.heads}
-        ignore = {h.label: h.ignore_absent for h in self.stage.heads}
-        results = score.results(hists, names, ignore)
-        self.log.validation(self.solver.iter, results)
-        self.last_validation = self.solver.iter
-        summary = '  '.join(f'{label} mean IU {m["mean_iu"]:.4f} pixel acc {m["pixel_acc"]:.4f}'
-                            for label, m in results.items() if m['mean_iu'] is not None)
-        self.say(f'validation at {self.solver.iter}: {summary}')
-        return results
-
-    def snapshot(self):
-        """Snapshot atomically; returns the weights file. Idempotent per iteration."""
-        iteration = self.solver.iter
-        stem = f'{self.stage.name}_iter_{iteration}'
-        folder = self.run_dir / SNAPSHOT_DIR
-        weights, state = folder / f'{stem}.caffemodel', folder / f'{stem}.solverstate'
-        if self.last_snapshot == iteration and weights.is_file() and state.is_file():
-            return weights
-        from caffe.proto import caffe_pb2
-        scratch = self.run_dir / SCRATCH_DIR
-        self.solver.snapshot()
-        scratch_weights, scratch_state = scratch / weights.name, scratch / state.name
-        try:
-            layers = len(parse_weights(scratch_weights).layer)
-            solver_state = caffe_pb2.SolverState()
-            solver_state.ParseFromString(scratch_state.read_bytes())
-        except Exception as e:
-            raise RuntimeError(f'the snapshot at iteration {iteration} in {scratch} is '
-                               f'unreadable ({e}); is the disk full?') from e
-        if not layers or solver_state.iter != iteration:
-            raise RuntimeError(f'the snapshot at iteration {iteration} in {scratch} is '
-                               f'incomplete; is the disk full?')
-        # The state names its weights by bare file name: found next to it on resume.
-        solver_state.learned_net = weights.name
-        scratch_state.write_bytes(solver_state.SerializeToString())
-        folder.mkdir(parents=True, exist_ok=True)
-        os.replace(scratch_weights, weights)
-        os.replace(scratch_state, state)
-        self.last_snapshot = iteration
-        self.say(f'snapshot {state}')
-        self.prune_snapshots()
-        return weights
-
-    def prune_snapshots(self):
-        if not self.stage.keep_snapshots:
-            return
-        states = sorted((self.run_dir / SNAPSHOT_DIR).glob('*.solverstate'),
-                        key=snapshot_iteration)
-        for state in states[:-self.stage.keep_snapshots]:
-            state.with_suffix('.caffemodel').unlink(missing_ok=True)
-            state.unlink()
-
-
-def _link_or_copy(source, destination):
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copyfile(source, destination)
-
-
-def build_solver(stage):
-    import caffe
-    path, original = prepare_solver(stage)
-    solver = caffe.get_solver(str(path))
-    return solver, original
-
-
-def train(stage, stop=None):
-    """Train one stage in this process (Caffe's mode already set). True when finished,
-    False when a signal stopped it (a snapshot was taken)."""
-    solver, original = build_solver(stage)
-    trainer = Trainer(solver, stage, 0, original)
-    trainer.start()
-    if stop is None:
-        stop = StopRequest()
-        stop.install()
-    return trainer.run(stop)
-
-
-# ---- several GPUs ----------------------------------------------------------------------
-
-def configure_rank(caffe, gpu, rank, count):
-    """Make this process solver `rank` of `count` on its GPU. Must precede the solver:
-    the data layers read the rank and count when the nets are set up, to shard."""
-    caffe.set_device(gpu)
-    caffe.set_mode_gpu()
-    caffe.set_solver_count(count)
-    caffe.set_solver_rank(rank)
-    caffe.set_multiprocess(True)
-
-
-def attach_nccl(caffe, solver, uid):
-    """Join the NCCL group: weights broadcast from rank 0, gradients all-reduced."""
-    nccl = caffe.NCCL(solver, uid)
-    nccl.bcast()
-    solver.add_callback(nccl)
-    if solver.param.layer_wise_reduce:
-        solver.net.after_backward(nccl)
-    return nccl
-
-
-def run_rank(stage, gpus, rank, uid, stop):
-    """One GPU's process: configure, build, initialise (rank 0), join NCCL, train."""
-    import caffe
-    configure_rank(caffe, gpus[rank], rank, len(gpus))
-    solver, original = build_solver(stage)
-    trainer = Trainer(solver, stage, rank, original)
-    trainer.start()
-    trainer.nccl = attach_nccl(caffe, solver, uid)
-    stop.install()
-    finished = trainer.run(stop)
-    sys.exit(0 if finished else 128 + stop.signum)
-
-
-def launch(stage, gpus, target=run_rank, new_uid=None):
-    """Start one process per GPU and wait for them; returns the exit status.
-
-    If one process dies, the others would wait for it in NCCL forever, so they are
-    terminated. Signals to this process reach the ranks through the shared stop flag.
-    """
-    if new_uid is None:
-        import caffe
-        new_uid = caffe.NCCL.new_uid
-    uid = new_uid()
-    context = multiprocessing.get_context('spawn')
-    stop = StopRequest.shared(context, len(gpus))
-    processes = [context.Process(target=target, name=f'rank {rank} (GPU {gpu})',
-                                 args=(stage, gpus, rank, uid, stop.for_rank(rank)))
-                 for rank, gpu in enumerate(gpus)]
-    stop.install()
-    for process in processes:
-        process.start()
-    running = {process.sentinel: process for process in processes}
-    status = 0
-    while running:
-        for sentinel in multiprocessing.connection.wait(list(running)):
-            process = running.pop(sentinel)
-            process.join()
-            if process.exitcode != 0 and status == 0:
-                status = process.exitcode if process.exitcode > 0 else 128 - process.exitcode
-                if not stop.signum:
-                    print(f'{process.name} failed (exit {process.exitcode}); stopping the '
-                          f'other ranks', file=sys.stderr, flush=True)
-                    for other in running.values():
-                        other.terminate()
-    return status
-
-
-# ---- the command -----------------------------------------------------------------------
 
 def final_weights(model):
     return netfiles.RUNS_DIR / model / FINAL_WEIGHTS
 
 
-def init_weights(spec, weights=None):
-    """The (file, suffix) pairs training starts from, as the model table says."""
+def snapshot_weights(model, iteration):
+    return netfiles.RUNS_DIR / model / SNAPSHOT_DIR / f'{model}_iter_{iteration}.caffemodel'
+
+
+def best_snapshot(model):
+    """The iteration of `model`'s best-validated snapshot still on disk (by the first
+    head's mean IU in its val_log.json), or a UsageError saying what is missing."""
+    log = netfiles.RUNS_DIR / model / 'val_log.json'
+    if not log.is_file():
+        raise UsageError(f'--init-from best needs {log}: train {model} first (`make {model}`)')
+    scored = []
+    for record in json.loads(log.read_text()):
+        first_head = next(key for key in record if key != 'iteration')
+        mean_iu = record[first_head]['mean_iu']
+        if mean_iu is not None and snapshot_weights(model, record['iteration']).is_file():
+            scored.append((mean_iu, record['iteration']))
+    if not scored:
+        raise UsageError(f'{log} names no validated iteration whose snapshot is in '
+                         f'{netfiles.RUNS_DIR / model / SNAPSHOT_DIR}')
+    return max(scored)[1]
+
+
+def init_sources(spec, init_from='reference'):
+    """What the table says training starts from, as InitSources (files not checked).
+
+    A model of the table starts from its final weights, or (init_from 'reference') from
+    the snapshot iteration the table names (late fusion), or ('best') from its
+    best-validated snapshot; any other name is base weights made by surgery."""
     from models.specs import MODELS
-    if weights is not None:
-        return ((Path(weights), ''),)
+    if init_from not in INIT_CHOICES:
+        raise UsageError(f'--init-from {init_from!r}: choose one of {", ".join(INIT_CHOICES)}')
     if spec.init is None:
         return ()  # from scratch: the fillers of the prototxt
     sources = spec.init if isinstance(spec.init, tuple) else (spec.init,)
-    pairs = []
-    for source in sources:
-        if source in MODELS:
-            path = final_weights(source)
-            hint = f'train {source} first (`make {source}`)'
+    iterations = spec.init_snapshots or (None,) * len(sources)
+    result = []
+    for source, iteration in zip(sources, iterations):
+        if source not in MODELS:
+            result.append(InitSource(WEIGHTS_DIR / f'{source}.caffemodel', None, '',
+                                     f'make it by surgery first (`make weights/{source}'
+                                     f'.caffemodel`)'))
+            continue
+        if init_from == 'final':
+            iteration = None
+        elif init_from == 'best':
+            iteration = best_snapshot(source)
+        if iteration is None:
+            path, hint = final_weights(source), f'train {source} first (`make {source}`)'
         else:
-            path = WEIGHTS_DIR / f'{source}.caffemodel'
-            hint = f'make it by surgery first (`make weights/{source}.caffemodel`)'
-        if not path.is_file():
-            raise UsageError(f'{spec.name} starts from {path}, which does not exist: {hint}')
-        pairs.append((path, modality(source, sources)))
+            path = snapshot_weights(source, iteration)
+            hint = (f'train {source} (`make {source}`) and keep its snapshot of iteration '
+                    f'{iteration}, or start from its final weights (--init-from final) or '
+                    f'its best-validated snapshot (--init-from best)')
+        result.append(InitSource(path, iteration, modality(source, sources), hint))
+    return tuple(result)
+
+
+def init_weights(spec, weights=None, init_from='reference'):
+    """The (file, suffix) pairs training starts from; every file must exist."""
+    if weights is not None:
+        return ((Path(weights), ''),)
+    pairs = []
+    for source in init_sources(spec, init_from):
+        if not source.weights.is_file():
+            raise UsageError(f'{spec.name} starts from {source.weights}, which does not '
+                             f'exist: {source.hint}')
+        pairs.append((source.weights, source.modality))
     return tuple(pairs)
+
+
+def widened_input(spec, weights=None):
+    """(source layer, first convolution) when the first convolution was renamed because
+    it sees more channels than the classifier (NYUD colour-depth) and training starts from
+    base weights: the trainer fills it from conv1_1 as the reference's script did."""
+    from models.specs import MODELS
+    if spec.first_conv == 'conv1_1' or weights is not None or spec.init is None \
+            or spec.init in MODELS:
+        return ()
+    return (('conv1_1', spec.first_conv),)
 
 
 def modality(source, sources):
@@ -613,7 +146,10 @@ def modality(source, sources):
     return source[len(prefix):]
 
 
-def stage_for_model(name, run_dir=None, weights=None, resume=None, **settings):
+# ---- the run ---------------------------------------------------------------------------
+
+def stage_for_model(name, run_dir=None, weights=None, resume=None, init_from='reference',
+                    **settings):
     """The Stage of a model of the table; `settings` are Stage fields (steps, ...)."""
     spec = netfiles.model_spec(name)
     run_dir = Path(run_dir) if run_dir else netfiles.RUNS_DIR / name
@@ -621,12 +157,43 @@ def stage_for_model(name, run_dir=None, weights=None, resume=None, **settings):
         resume = latest_snapshot(run_dir)
     names = {h.label: netfiles.class_names(spec.dataset, h.label, h.num_classes)
              for h in spec.heads}
+    settings = {key: value for key, value in settings.items() if value is not None}
+    settings.setdefault('iterations', spec.iterations or spec.max_iter)
+    settings.setdefault('test_every', spec.test_every)
+    settings.setdefault('snapshot_every', spec.snapshot or spec.test_every)
     stage = Stage(name=name, solver=netfiles.model_file(name, 'solver'), run_dir=run_dir,
                   heads=tuple(spec.heads), class_names=names,
                   resume=Path(resume) if resume else None, **settings)
     if stage.resume is None:
-        stage = replace(stage, init=init_weights(spec, weights))
+        stage = replace(stage, init=init_weights(spec, weights, init_from),
+                        widen_input=widened_input(spec, weights))
     return stage
+
+
+def plan(name, weights=None, init_from='reference', **settings):
+    """What training `name` from scratch will do, as plain data: checked by users before
+    they spend GPU days, and by the tests against the reference's scripts."""
+    spec = netfiles.model_spec(name)
+    settings = {key: value for key, value in settings.items() if value is not None}
+    solver = netfiles.read_solver(netfiles.model_file(name, 'solver'))
+    if weights is not None:
+        init = [{'weights': str(weights), 'iteration': None}]
+    else:
+        init = [{'weights': str(source.weights), 'iteration': source.iteration,
+                 'exists': source.weights.is_file()}
+                for source in init_sources(spec, init_from)]
+    from google.protobuf import json_format
+    return {
+        'model': name,
+        'iterations': (settings.get('steps') or settings.get('iterations')
+                       or spec.iterations or spec.max_iter),
+        'test_every': settings.get('test_every', spec.test_every),
+        'snapshot_every': settings.get('snapshot_every', spec.snapshot or spec.test_every),
+        'init': init,
+        'widen_input': [{'from': source, 'layer': layer}
+                        for source, layer in widened_input(spec, weights)],
+        'solver': json_format.MessageToDict(solver, preserving_proto_field_name=True),
+    }
 
 
 def build_parser():
@@ -640,13 +207,25 @@ def build_parser():
     parser.add_argument('--resume', metavar='STATE|auto',
                         help='continue from a .solverstate (auto: the newest in the run '
                         'folder, else start fresh)')
+    parser.add_argument('--init-from', choices=INIT_CHOICES, default='reference',
+                        help="which weights of the previous nets training starts from: "
+                        "reference (the table's: final weights, or the snapshots the "
+                        "reference took, as for late fusion), final, or best (each net's "
+                        "best-validated snapshot)")
+    parser.add_argument('--iterations', type=int, metavar='N',
+                        help="train to iteration N (default: the table's run length, what "
+                        "the reference's script ran)")
     parser.add_argument('--steps', type=int, metavar='N',
-                        help='iterations to run (default: to max_iter)')
+                        help='run N iterations from where training starts or resumes')
     parser.add_argument('--test-every', type=int, metavar='N',
-                        help='validate every N iterations (default: the snapshot interval; '
-                        '0: never)')
+                        help="validate every N iterations (default: the table's, as the "
+                        "reference's script; 0: never)")
     parser.add_argument('--snapshot-every', type=int, metavar='N',
-                        help='snapshot every N iterations (default: as the solver says)')
+                        help="snapshot every N iterations (default: as the solver says, "
+                        "else at every validation)")
+    parser.add_argument('--plan', action='store_true',
+                        help='print what the run will do (run length, cadence, initial '
+                        'weights, solver values) as JSON and exit; needs no data')
     parser.add_argument('--val-images', type=int, metavar='N',
                         help='validate on the first N val images only (default: all)')
     parser.add_argument('--keep-snapshots', type=int, default=0, metavar='N',
@@ -661,16 +240,25 @@ def build_parser():
 def main(argv=None):
     import devices
     args = build_parser().parse_args(argv)
-    for flag in ('steps', 'test_every', 'snapshot_every', 'val_images', 'keep_snapshots'):
+    for flag in ('iterations', 'steps', 'test_every', 'snapshot_every', 'val_images',
+                 'keep_snapshots'):
         value = getattr(args, flag)
-        if value is not None and value < (1 if flag in ('steps', 'val_images') else 0):
+        if value is not None and value < (0 if flag in ('test_every', 'snapshot_every',
+                                                        'keep_snapshots') else 1):
             raise UsageError(f'--{flag.replace("_", "-")} {value} is out of range')
     if args.resume not in (None, 'auto') and args.weights:
         raise UsageError('--resume and --weights exclude each other: a snapshot has weights')
+    if args.plan:
+        print(json.dumps(plan(args.model, args.weights, args.init_from,
+                              iterations=args.iterations, steps=args.steps,
+                              test_every=args.test_every,
+                              snapshot_every=args.snapshot_every), indent=1))
+        return 0
     netfiles.set_data_dir(args.data_dir)
     devices.select_device(args)
     stage = stage_for_model(args.model, args.run_dir, args.weights, args.resume,
-                            steps=args.steps, test_every=args.test_every,
+                            args.init_from, iterations=args.iterations, steps=args.steps,
+                            test_every=args.test_every,
                             snapshot_every=args.snapshot_every, val_images=args.val_images,
                             keep_snapshots=args.keep_snapshots)
     return run(stage, args.gpus)
@@ -680,7 +268,8 @@ def run(stage, gpus=None):
     """Train a stage on the CPU or GPU already selected, or on `gpus` (one process each).
     Returns the exit status: 0 when finished, 128 + the signal's number when stopped."""
     if gpus:
-        return launch(stage, gpus)
+        import multigpu
+        return multigpu.launch(stage, gpus)
     stop = StopRequest()
     stop.install()
     return 0 if train(stage, stop) else 128 + stop.signum

@@ -186,6 +186,7 @@ def child(run_dir, run, iterations):
     """One long run in this process, ended by a plain interpreter exit."""
     import caffe
     import solve
+    import trainer
     caffe.set_mode_cpu()
     data, prefetch, base_lr, _ = RUNS[run]
     run_dir = Path(run_dir).resolve()  # the layer reads relative data folders elsewhere
@@ -196,7 +197,7 @@ def child(run_dir, run, iterations):
         params = synthetic_param
     solver = write_model(run_dir / 'model', params, max_iter=iterations,
                          snapshot=max(iterations // 4, 1), base_lr=base_lr)
-    stage = solve.Stage(name='stress', solver=solver, run_dir=run_dir / 'run', heads=heads())
+    stage = trainer.Stage(name='stress', solver=solver, run_dir=run_dir / 'run', heads=heads())
     return solve.run(stage)
 
 

@@ -169,15 +169,8 @@ def load_weights(net, path, suffix=''):
     process). With a suffix, file layer `<name>` initialises net layer `<name><suffix>`.
     Returns the TransplantReport (`dropped`: file layers the net does not have).
     """
-    from caffe.proto import caffe_pb2
     path = Path(path)
-    if not path.is_file():
-        raise SurgeryError(f'weights file {path} does not exist')
-    source = caffe_pb2.NetParameter()
-    try:
-        source.ParseFromString(path.read_bytes())
-    except Exception as e:  # protobuf's DecodeError, without importing its module path
-        raise SurgeryError(f'{path} is not a Caffe weights file ({e})') from e
+    source = read_caffemodel(path)
     layers = [layer for layer in list(source.layer) + list(source.layers) if layer.blobs]
     report = TransplantReport()
     for layer in layers:
@@ -212,6 +205,45 @@ def load_weights(net, path, suffix=''):
     finally:
         os.unlink(renamed)
     return report
+
+
+def read_caffemodel(path):
+    """A caffemodel's NetParameter, or a SurgeryError naming the file."""
+    from caffe.proto import caffe_pb2
+    path = Path(path)
+    if not path.is_file():
+        raise SurgeryError(f'weights file {path} does not exist')
+    source = caffe_pb2.NetParameter()
+    try:
+        source.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf's DecodeError, without importing its module path
+        raise SurgeryError(f'{path} is not a Caffe weights file ({e})') from e
+    return source
+
+
+def widen_input(net, layer, path, source_layer):
+    """Initialise a first convolution that sees more input channels than the classifier's
+    as the reference's NYUD colour-depth script does: its first input channels take the
+    weights of `source_layer` from the caffemodel `path`, every further channel (depth)
+    their mean over the source's input channels, and the bias is the source's bias.
+
+    Without this the renamed layer (conv1_1_bgrd) keeps Caffe's default zero fill, its
+    ReLU passes no gradient at zero, and the net never learns from its input.
+    """
+    from caffe.io import blobproto_to_array
+    found = [entry for entry in read_caffemodel(path).layer if entry.name == source_layer]
+    if not found:
+        raise SurgeryError(f'{path} has no layer {source_layer} to initialise {layer} from')
+    weights, bias = (blobproto_to_array(blob) for blob in found[0].blobs)
+    target = net.params[layer][0].data
+    channels = weights.shape[1]
+    if target.shape[0] != weights.shape[0] or target.shape[2:] != weights.shape[2:] \
+            or target.shape[1] <= channels:
+        raise SurgeryError(f'{layer} has shape {target.shape}: it cannot widen '
+                           f'{source_layer} of shape {weights.shape} from {path}')
+    target[:, :channels] = weights
+    target[:, channels:] = weights.mean(axis=1, keepdims=True)
+    net.params[layer][1].data[...] = bias.reshape(net.params[layer][1].data.shape)
 
 
 def single_image_net(prototxt, spatial=None):

@@ -76,6 +76,42 @@ def overlay(image, label, alpha=0.5):
     return blend.round().astype(np.uint8)
 
 
+LEGEND_ROW = 18      # pixels per legend line
+LEGEND_FONT = 12
+
+
+def legend(label, class_names):
+    """A white panel naming the classes present in `label`, each beside its palette
+    colour, in class order."""
+    from PIL import ImageDraw, ImageFont
+    present = [int(c) for c in np.unique(label) if c != VOID]
+    font = ImageFont.load_default(size=LEGEND_FONT)
+    texts = [f'{c} {class_names[c]}' if c < len(class_names) else f'{c}' for c in present]
+    text_width = max((int(font.getlength(text)) for text in texts), default=0)
+    swatch = LEGEND_ROW - 6
+    panel = Image.new('RGB', (swatch + text_width + 14, LEGEND_ROW * len(texts) + 4),
+                      'white')
+    draw = ImageDraw.Draw(panel)
+    for row, (class_id, text) in enumerate(zip(present, texts)):
+        top = 2 + row * LEGEND_ROW
+        draw.rectangle([4, top + 3, 4 + swatch, top + 3 + swatch],
+                       fill=tuple(int(v) for v in PALETTE[class_id]), outline='black')
+        draw.text((swatch + 10, top + 2), text, fill='black', font=font)
+    return np.array(panel)
+
+
+def overlay_with_legend(image, label, class_names, alpha=0.5):
+    """The overlay (at the image's own size, top left) with the legend of the classes
+    present to its right, on white."""
+    blended = overlay(image, label, alpha)
+    panel = legend(label, class_names)
+    height = max(blended.shape[0], panel.shape[0])
+    sheet = np.full((height, blended.shape[1] + panel.shape[1], 3), 255, np.uint8)
+    sheet[:blended.shape[0], :blended.shape[1]] = blended
+    sheet[:panel.shape[0], blended.shape[1]:] = panel
+    return sheet
+
+
 def save_rgb_png(path, rgb):
     atomic_save(path, lambda tmp: Image.fromarray(rgb).save(tmp, format='PNG'))
 
@@ -124,6 +160,35 @@ def save_curve_png(path, series, ylabel, title):
     ax.grid(True, alpha=0.3)
     if len(series) > 1:
         ax.legend()
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format='png'))
+    plt.close(fig)
+
+
+def save_bars_png(path, rows, series, xlabel, title, colours=None):
+    """Horizontal grouped bars: for each row (top to bottom) one bar per series
+    ({legend: [value or None per row]}), each labelled with its value; None draws nothing.
+    colours: one matplotlib colour per series (default: matplotlib's cycle)."""
+    plt, fig = _figure(9, 1.6 + 0.2 * len(rows) * max(2, len(series)))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / len(series)
+    for index, (name, values) in enumerate(series.items()):
+        positions = [row + (index - (len(series) - 1) / 2) * height for row in range(len(rows))]
+        shown = [(y, v) for y, v in zip(positions, values) if v is not None]
+        style = {} if colours is None else dict(color=colours[index])
+        bars = ax.barh([y for y, _ in shown], [v for _, v in shown], height=height, label=name,
+                       **style)
+        ax.bar_label(bars, labels=[f'{v:.1f}' for _, v in shown], padding=2, fontsize=7)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(True, axis='x', alpha=0.3)
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.5 / len(rows) - 0.03),
+              ncol=len(series), fontsize=8, frameon=False)
+    limit = max((v for values in series.values() for v in values if v is not None), default=1)
+    ax.set_xlim(0, limit * 1.12)
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, format='png'))
     plt.close(fig)

@@ -2,6 +2,7 @@
 server on 127.0.0.1, and safe extraction."""
 import hashlib
 import io
+import json
 import os
 import tarfile
 import zipfile
@@ -102,11 +103,44 @@ def test_a_file_failing_its_checksum_twice_is_an_error(tmp_path, server):
     assert not (tmp_path / 'downloads' / 'blob.bin').exists()
 
 
-def test_unknown_checksum_is_accepted_and_printed(tmp_path, server):
+def test_without_a_published_checksum_the_first_copy_is_recorded_and_later_ones_held_to_it(
+        tmp_path, server):
     fetch = fetcher(tmp_path, server, source(md5=None))
+    path = fetch.fetch('blob')
+    assert path.read_bytes() == PAYLOAD
+    record = tmp_path / 'downloads' / 'blob.bin.digests.json'
+    expected = {'size': len(PAYLOAD), 'md5': hashlib.md5(PAYLOAD).hexdigest(),
+                'sha1': hashlib.sha1(PAYLOAD).hexdigest(),
+                'sha256': hashlib.sha256(PAYLOAD).hexdigest()}
+    recorded = json.loads(record.read_text())
+    assert {key: recorded[key] for key in expected} == expected
+    assert recorded['source'] == server.url + '/blob.bin'
+    assert ('NOTE: no checksum is published for blob.bin; recorded its size {} and digests '
+            'md5 {} sha1 {} sha256 {} in {}'.format(*expected.values(), record) in said(fetch))
+    # A damaged copy is refused against the record and fetched again.
+    path.write_bytes(PAYLOAD[:-1] + b'?')
+    again = fetcher(tmp_path, server, source(md5=None))
+    assert again.fetch('blob').read_bytes() == PAYLOAD
+    assert 'sha1 {} (expected {} as recorded in {})'.format(
+        hashlib.sha1(PAYLOAD[:-1] + b'?').hexdigest(), expected['sha1'], record) in said(again)
+    # A server that now holds another file is refused, with what to do if that is right.
+    (server.folder / 'blob.bin').write_bytes(b'another file')
+    path.unlink()
+    with pytest.raises(FetchError, match=r'fails its checksum twice .*size 12 \(expected '
+                                         r'{} as recorded .*delete .*blob.bin.digests.json to '
+                                         r'accept the new one'.format(len(PAYLOAD))):
+        fetcher(tmp_path, server, source(md5=None)).fetch('blob')
+
+
+def test_a_published_sha1_is_checked(tmp_path, server):
+    fetch = fetcher(tmp_path, server, Source('blob', 'blob.bin', 'http://upstream.invalid/x',
+                                             sha1=hashlib.sha1(PAYLOAD).hexdigest()))
     assert fetch.fetch('blob').read_bytes() == PAYLOAD
-    assert ('NOTE: no checksum is recorded for blob.bin; computed md5 {} sha256 {}'.format(
-        hashlib.md5(PAYLOAD).hexdigest(), hashlib.sha256(PAYLOAD).hexdigest()) in said(fetch))
+    assert not (tmp_path / 'downloads' / 'blob.bin.digests.json').exists()
+    wrong = fetcher(tmp_path / 'b', server, Source('blob', 'blob.bin', 'http://x/y', sha1='0' * 40))
+    with pytest.raises(FetchError, match=r'sha1 {} \(expected 0{{40}}\)'.format(
+            hashlib.sha1(PAYLOAD).hexdigest())):
+        wrong.fetch('blob')
 
 
 def test_local_archive_folders_are_used_in_place(tmp_path, server):

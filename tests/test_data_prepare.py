@@ -146,7 +146,8 @@ def test_nyud_derives_trainval_from_the_packed_lists(tmp_path, served, server, m
     assert lists == {'train': ['5001', '5002'], 'val': ['5003'], 'trainval': ['5001', '5002', '5003'],
                      'test': ['5004']}
     said = fetch.out.getvalue()
-    assert 'NOTE: no checksum is recorded for nyud.tar.gz; computed md5' in said
+    assert 'NOTE: no checksum is published for nyud.tar.gz; recorded its size' in said
+    assert (root / 'downloads' / 'nyud.tar.gz.digests.json').is_file()
     assert 'nyud trainval: 3 ids (the reference has 795)' in said
     monkeypatch.setenv('FCN_DATA_DIR', str(root))
     layer, tops = instantiate(NYUDSegDataLayer, {'nyud_dir': 'nyud', 'split': 'test',
@@ -203,7 +204,7 @@ def test_command_line(tmp_path, served, server, capsys, monkeypatch):
     assert prep.main(['--list']) == 0
     listed = capsys.readouterr().out
     assert all(key in listed for key in ('voc2011', 'sbd', 'voc2010', 'context59', 'nyud', 'siftflow'))
-    assert 'no checksum recorded' in listed
+    assert 'none published: size and digests recorded at the first download' in listed
     with pytest.raises(SystemExit) as exit_status:
         prep.main(['--help'])
     assert exit_status.value.code == 0

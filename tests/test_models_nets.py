@@ -16,6 +16,7 @@ from caffe.proto import caffe_pb2
 from models import parts
 from models.generate import MODELS_DIR
 from models.specs import BASE_NETS, MODELS
+from released_nets import REFERENCE, param_shapes, reference_shapes
 
 caffe.set_mode_cpu()
 
@@ -202,6 +203,8 @@ def test_parameter_counts(name, tmp_path):
     spec = spec_of(name)
     if name in PARAMETERS:
         assert counts == PARAMETERS[name]
+    if name in REFERENCE:  # the released weights fit by name and shape (test_released.py)
+        assert param_shapes(net) == reference_shapes(name)
     if spec.body == 'vgg16' and spec.task == 'segmentation' and not spec.fusion:
         assert counts == vgg16_fcn_parameters(spec)
 

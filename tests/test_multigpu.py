@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 import devices
+import multigpu
 import netfiles
 import solve
 import stress
+import trainer
 
 SOLVE_DIR = Path(solve.__file__).resolve().parent
 
@@ -34,7 +36,7 @@ class Recorder:
 
 def test_a_rank_is_configured_before_its_solver_exists():
     caffe = Recorder()
-    solve.configure_rank(caffe, gpu=3, rank=1, count=2)
+    multigpu.configure_rank(caffe, gpu=3, rank=1, count=2)
     assert caffe.calls == [('set_device', 3), ('set_mode_gpu',), ('set_solver_count', 2),
                            ('set_solver_rank', 1), ('set_multiprocess', True)]
 
@@ -62,13 +64,13 @@ def test_nccl_broadcasts_then_reduces_every_iteration():
 
     caffe = type('Caffe', (), {'NCCL': NCCL})
     solver = Solver()
-    nccl = solve.attach_nccl(caffe, solver, b'uid')
+    nccl = multigpu.attach_nccl(caffe, solver, b'uid')
     assert events == [('NCCL', solver, b'uid'), ('bcast',), ('add_callback', nccl),
                       ('after_backward', nccl)]
 
 
 def record_rank(stage, gpus, rank, uid, stop):
-    """A stand-in for solve.run_rank: note what this process was given."""
+    """A stand-in for multigpu.run_rank: note what this process was given."""
     Path(stage.run_dir, f'rank{rank}').write_text(f'{gpus[rank]} {len(gpus)} {uid.decode()}')
 
 
@@ -80,12 +82,12 @@ def failing_rank(stage, gpus, rank, uid, stop):
 
 
 def fake_stage(tmp_path):
-    return solve.Stage(name='tiny', solver=tmp_path / 'solver.prototxt', run_dir=tmp_path,
-                       heads=stress.heads())
+    return trainer.Stage(name='tiny', solver=tmp_path / 'solver.prototxt', run_dir=tmp_path,
+                         heads=stress.heads())
 
 
 def test_one_process_per_gpu_each_with_its_rank(tmp_path):
-    status = solve.launch(fake_stage(tmp_path), [2, 5], target=record_rank,
+    status = multigpu.launch(fake_stage(tmp_path), [2, 5], target=record_rank,
                           new_uid=lambda: b'nccl-id')
     assert status == 0
     assert (tmp_path / 'rank0').read_text() == '2 2 nccl-id'
@@ -94,7 +96,7 @@ def test_one_process_per_gpu_each_with_its_rank(tmp_path):
 
 def test_a_failed_rank_stops_the_others(tmp_path):
     started = time.monotonic()
-    status = solve.launch(fake_stage(tmp_path), [0, 1], target=failing_rank,
+    status = multigpu.launch(fake_stage(tmp_path), [0, 1], target=failing_rank,
                           new_uid=lambda: b'x')
     assert status == 3
     assert time.monotonic() - started < 60
@@ -113,7 +115,7 @@ def stop_at_agreed_iteration(stop, rank, result):
 
 def test_ranks_stop_after_the_same_iteration():
     context = multiprocessing.get_context('spawn')
-    stop = solve.StopRequest.shared(context, 2)
+    stop = trainer.StopRequest.shared(context, 2)
     result = context.Array('i', 2)
     processes = [context.Process(target=stop_at_agreed_iteration,
                                  args=(stop.for_rank(rank), rank, result)) for rank in (0, 1)]
@@ -129,12 +131,12 @@ def test_only_rank_0_validates_logs_and_snapshots(tmp_path):
     import caffe
     caffe.set_mode_cpu()
     solver_path = stress.write_model(tmp_path / 'model', max_iter=12, snapshot=4)
-    stage = solve.Stage(name='tiny', solver=solver_path, run_dir=tmp_path / 'run',
-                        heads=stress.heads())
-    solver, original = solve.build_solver(stage)
-    trainer = solve.Trainer(solver, stage, 1, original)
-    trainer.start()
-    assert trainer.run(solve.StopRequest())
+    stage = trainer.Stage(name='tiny', solver=solver_path, run_dir=tmp_path / 'run',
+                          heads=stress.heads())
+    solver, original = trainer.build_solver(stage)
+    runner = trainer.Trainer(solver, stage, 1, original)
+    runner.start()
+    assert runner.run(trainer.StopRequest())
     assert solver.iter == 12
     run = tmp_path / 'run'
     assert not (run / 'snapshots').exists() and not (run / 'final.caffemodel').exists()
@@ -148,12 +150,12 @@ def test_the_data_layers_shard_the_training_set_by_rank(tmp_path):
     net = tmp_path / 'train.prototxt'
     net.write_text(str(stress.tiny_fcn(stress.voc_param('train', voc))))
     child = textwrap.dedent(f'''
-        import caffe, solve
+        import caffe, multigpu
         class CPUCaffe:  # the GPU calls of configure_rank stubbed, the rest real
             def __getattr__(self, name):
                 return (lambda *a: None) if name in ('set_device', 'set_mode_gpu') \\
                     else getattr(caffe, name)
-        solve.configure_rank(CPUCaffe(), 0, 1, 3)
+        multigpu.configure_rank(CPUCaffe(), 0, 1, 3)
         net = caffe.Net({str(net)!r}, caffe.TRAIN)
         print(' '.join(net.layers[0].ids))
     ''')

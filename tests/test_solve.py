@@ -18,6 +18,7 @@ import netfiles
 import solve
 import stress
 import surgery
+import trainer
 
 caffe.set_mode_cpu()
 SOLVE_DIR = Path(solve.__file__).resolve().parent
@@ -25,8 +26,8 @@ SOLVE_DIR = Path(solve.__file__).resolve().parent
 
 def tiny_stage(tmp_path, **settings):
     solver = stress.write_model(tmp_path / 'model', max_iter=20, snapshot=10)
-    return solve.Stage(name='tiny', solver=solver, run_dir=tmp_path / 'run',
-                       heads=stress.heads(), **settings)
+    return trainer.Stage(name='tiny', solver=solver, run_dir=tmp_path / 'run',
+                         heads=stress.heads(), **settings)
 
 
 def log_iterations(run_dir):
@@ -36,18 +37,18 @@ def log_iterations(run_dir):
 
 def params_of(weights):
     return {layer.name: [np.array(blob.data) for blob in layer.blobs]
-            for layer in solve.parse_weights(weights).layer if layer.blobs}
+            for layer in trainer.parse_weights(weights).layer if layer.blobs}
 
 
 def test_training_validates_logs_and_snapshots(tmp_path, capsys):
     stage = tiny_stage(tmp_path)
-    assert solve.train(stage, solve.StopRequest())
+    assert trainer.train(stage, trainer.StopRequest())
     run = stage.run_dir
     states = sorted((run / 'snapshots').glob('*.solverstate'))
-    assert [solve.snapshot_iteration(s) for s in states] == [10, 20]
+    assert [trainer.snapshot_iteration(s) for s in states] == [10, 20]
     assert (run / 'final.caffemodel').read_bytes() == \
         (run / 'snapshots' / 'tiny_iter_20.caffemodel').read_bytes()
-    assert not any((run / solve.SCRATCH_DIR).iterdir())  # nothing half-written left
+    assert not any((run / trainer.SCRATCH_DIR).iterdir())  # nothing half-written left
     assert log_iterations(run) == list(range(1, 21))
     validations = json.loads((run / 'val_log.json').read_text())
     assert [v['iteration'] for v in validations] == [10, 20]
@@ -69,14 +70,18 @@ def test_training_validates_logs_and_snapshots(tmp_path, capsys):
     assert state.learned_net == 'tiny_iter_20.caffemodel' and state.iter == 20
 
 
-@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signum):
+# SIGTERM twice: a scheduler signals every process of a job, and the job script passes
+# its own signal on; the stop it asks for is one, with a snapshot.
+@pytest.mark.parametrize('signals', [[signal.SIGINT], [signal.SIGTERM],
+                                     [signal.SIGTERM, signal.SIGTERM]])
+def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signals):
+    signum = signals[0]
     solver = stress.write_model(tmp_path / 'model', max_iter=100000, snapshot=100000)
     child = textwrap.dedent(f'''
-        import sys, caffe, solve, stress
+        import sys, caffe, solve, stress, trainer
         caffe.set_mode_cpu()
-        stage = solve.Stage(name='tiny', solver={str(solver)!r}, run_dir={str(tmp_path / 'run')!r},
-                            heads=stress.heads(), test_every=0)
+        stage = trainer.Stage(name='tiny', solver={str(solver)!r}, run_dir={str(tmp_path / 'run')!r},
+                              heads=stress.heads(), test_every=0)
         sys.exit(solve.run(stage))
     ''')
     process = subprocess.Popen([sys.executable, '-c', child], cwd=SOLVE_DIR,
@@ -86,39 +91,41 @@ def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signum):
     while time.monotonic() < deadline and (not log.exists() or
                                            len(log.read_text().splitlines()) < 30):
         time.sleep(0.05)
-    process.send_signal(signum)
+    for each in signals:
+        process.send_signal(each)
+        time.sleep(0.05)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
     assert 'stopped by' in out
-    state = solve.latest_snapshot(tmp_path / 'run')
-    stopped_at = solve.snapshot_iteration(state)
+    state = trainer.latest_snapshot(tmp_path / 'run')
+    stopped_at = trainer.snapshot_iteration(state)
     assert stopped_at >= 29
     assert log_iterations(tmp_path / 'run')[-1] == stopped_at
 
-    stage = solve.Stage(name='tiny', solver=solver, run_dir=tmp_path / 'run',
-                        heads=stress.heads(), resume=state, steps=5, test_every=0)
-    solver_obj, original = solve.build_solver(stage)
-    trainer = solve.Trainer(solver_obj, stage, 0, original)
-    trainer.start()
+    stage = trainer.Stage(name='tiny', solver=solver, run_dir=tmp_path / 'run',
+                          heads=stress.heads(), resume=state, steps=5, test_every=0)
+    solver_obj, original = trainer.build_solver(stage)
+    runner = trainer.Trainer(solver_obj, stage, 0, original)
+    runner.start()
     assert solver_obj.iter == stopped_at
     saved = params_of(state.with_suffix('.caffemodel'))
     for name, blobs in saved.items():
         for blob, restored in zip(blobs, solver_obj.net.params[name]):
             np.testing.assert_array_equal(blob, restored.data.ravel())
-    assert trainer.run(solve.StopRequest())
+    assert runner.run(trainer.StopRequest())
     assert solver_obj.iter == stopped_at + 5
     assert log_iterations(tmp_path / 'run') == list(range(1, stopped_at + 6))
 
 
 def test_keep_snapshots_and_resume_auto(tmp_path):
     stage = tiny_stage(tmp_path, keep_snapshots=1, snapshot_every=5, test_every=0)
-    assert solve.train(stage, solve.StopRequest())
+    assert trainer.train(stage, trainer.StopRequest())
     states = list((stage.run_dir / 'snapshots').glob('*'))
     assert sorted(p.name for p in states) == ['tiny_iter_20.caffemodel',
                                               'tiny_iter_20.solverstate']
-    assert solve.latest_snapshot(stage.run_dir) == stage.run_dir / 'snapshots' / \
+    assert trainer.latest_snapshot(stage.run_dir) == stage.run_dir / 'snapshots' / \
         'tiny_iter_20.solverstate'
-    assert solve.latest_snapshot(tmp_path / 'elsewhere') is None
+    assert trainer.latest_snapshot(tmp_path / 'elsewhere') is None
 
 
 def test_initial_weights_follow_the_model_table(tmp_path, monkeypatch):
@@ -129,12 +136,36 @@ def test_initial_weights_follow_the_model_table(tmp_path, monkeypatch):
         solve.init_weights(MODELS['voc-fcn16s'])
     with pytest.raises(netfiles.UsageError, match='vgg16-fcn.caffemodel, which does not exist'):
         solve.init_weights(MODELS['voc-fcn32s'])
+    # Late fusion starts from the snapshots the reference took (colour 28000, HHA 60000);
+    # a missing one is named with the ways out.
+    fusion = MODELS['nyud-fcn32s-color-hha']
+    runs = tmp_path / 'runs'
     for name in ('nyud-fcn32s-color', 'nyud-fcn32s-hha'):
-        (tmp_path / 'runs' / name).mkdir(parents=True)
-        (tmp_path / 'runs' / name / 'final.caffemodel').write_bytes(b'')
-    fused = solve.init_weights(MODELS['nyud-fcn32s-color-hha'])
-    assert [modality for _, modality in fused] == ['color', 'hha']
-    assert fused[0][0] == tmp_path / 'runs' / 'nyud-fcn32s-color' / 'final.caffemodel'
+        (runs / name / 'snapshots').mkdir(parents=True)
+        (runs / name / 'final.caffemodel').write_bytes(b'')
+    with pytest.raises(netfiles.UsageError, match=r'nyud-fcn32s-color_iter_28000.caffemodel, '
+                       r'which does not exist: .*keep its snapshot of iteration 28000.*'
+                       r'--init-from final'):
+        solve.init_weights(fusion)
+    for name, iteration in (('nyud-fcn32s-color', 28000), ('nyud-fcn32s-hha', 60000)):
+        (runs / name / 'snapshots' / f'{name}_iter_{iteration}.caffemodel').write_bytes(b'')
+    fused = solve.init_weights(fusion)
+    assert fused == ((runs / 'nyud-fcn32s-color/snapshots/nyud-fcn32s-color_iter_28000'
+                      '.caffemodel', 'color'),
+                     (runs / 'nyud-fcn32s-hha/snapshots/nyud-fcn32s-hha_iter_60000'
+                      '.caffemodel', 'hha'))
+    assert [path for path, _ in solve.init_weights(fusion, init_from='final')] == \
+        [runs / 'nyud-fcn32s-color/final.caffemodel', runs / 'nyud-fcn32s-hha/final.caffemodel']
+    # --init-from best: the best-scored iteration whose snapshot still exists
+    for name, scores in (('nyud-fcn32s-color', {26000: 0.31, 28000: 0.30, 30000: 0.35}),
+                         ('nyud-fcn32s-hha', {58000: 0.2, 60000: 0.25})):
+        (runs / name / 'val_log.json').write_text(json.dumps(
+            [{'iteration': i, 'label': {'mean_iu': m}} for i, m in scores.items()]))
+    assert [path.name for path, _ in solve.init_weights(fusion, init_from='best')] == \
+        ['nyud-fcn32s-color_iter_28000.caffemodel', 'nyud-fcn32s-hha_iter_60000.caffemodel']
+    (runs / 'nyud-fcn32s-color/snapshots/nyud-fcn32s-color_iter_30000.caffemodel').write_bytes(b'')
+    assert solve.init_weights(fusion, init_from='best')[0][0].name == \
+        'nyud-fcn32s-color_iter_30000.caffemodel'
     assert solve.init_weights(MODELS['toy-vgg16']) == ()
     assert solve.init_weights(MODELS['voc-fcn32s'], 'mine.caffemodel') == \
         ((Path('mine.caffemodel'), ''),)
