@@ -24,7 +24,7 @@ import numpy as np
 
 from bench import contention, nets, report
 
-sys.path.insert(0, str(nets.REPO / 'solve'))
+sys.path.append(str(nets.REPO / 'solve'))
 import caffe_env  # noqa: E402  (solve/ holds the tools' modules, imported by bare name)
 
 TOLERANCE = 1e-4
@@ -338,6 +338,8 @@ def measure_frameworks(args, config, env, scratch, results):
         samples = alternate([caffe, *variants, torch, sgemm], args.rounds, loads)
         blas = {variant.label: (samples.pop(variant.label), variant.info())
                 for variant in variants}
+        for variant in variants:
+            variant.close()
         if args.layers:
             # Per-layer times come from one more pass, so their limit is taken around it.
             before = sgemm.run()
@@ -347,8 +349,8 @@ def measure_frameworks(args, config, env, scratch, results):
         finished['forward'] = finish([caffe, torch], samples)
     else:
         blas = {}
-        caffe.close()
-        torch.close()
+        for worker in (caffe, *variants, torch):
+            worker.close()
     if 'train' in args.parts:
         checkers = [Worker(kind, config, env) for kind in ('caffe-check', 'torch-check')]
         results['checks']['train'] = check('train', *checkers, scratch)
@@ -363,8 +365,6 @@ def measure_frameworks(args, config, env, scratch, results):
     results['sgemm'] = {'size': args.sgemm_size, 'openblas': sgemm_info['openblas']}
     for name, part in finished.items():
         results[name] = compared(part, sgemm_info['flops'])
-    for variant in variants:
-        variant.close()
     if blas:
         results['blas'] = compared_blas(blas, finished['forward'], sgemm_info['flops'])
 

@@ -219,10 +219,14 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
     folder = write_tiny_model(tmp_path / 'tiny', depth=12)
     out = tmp_path / 'results.json'
     env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
+    # The same OpenBLAS once more, through --blas-dir: the path another BLAS would take.
+    caffe_blas = next(path for path in worker_libraries('caffe') if 'openblas' in path)
+    (tmp_path / 'blas').mkdir()
+    (tmp_path / 'blas' / 'libopenblas.so.0').symlink_to(caffe_blas)
     done = subprocess.run(
         [sys.executable, '-m', 'bench', '--model-dir', str(folder), '--size', '24x20',
          '--rounds', '1', '--parts', 'forward', 'train', '--threads', '1', '--sgemm-size', '256',
-         '--out', str(out)],
+         '--blas-dir', f'again={tmp_path / "blas"}', '--out', str(out)],
         capture_output=True, text=True, env=env, cwd=nets.REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
@@ -234,6 +238,27 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
     assert results['train']['caffe']['gflop'] > results['forward']['caffe']['gflop']
     assert max(results['checks']['forward'].values()) <= 1e-4
     assert 'forward+backward s' in done.stdout
+    again = results['blas']['again']
+    assert again['median_s'] > 0 and again['ratio_to_default'] > 0
+    assert max(results['checks']['caffe@again'].values()) <= 1e-4
+    assert 'BLAS under the same Caffe' in done.stdout
+
+
+def worker_libraries(kind):
+    """The BLAS/OpenMP libraries a framework maps, as the benchmark's worker reports them."""
+    script = (f'import {kind}, json\nfrom bench.worker import loaded_libraries\n'
+              'print(json.dumps(loaded_libraries()))')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          cwd=nets.REPO, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_blas_dir_without_the_library_is_named(tmp_path):
+    with pytest.raises(SystemExit, match='holds no libopenblas.so.0'):
+        bench_main.blas_env({}, tmp_path)
+    (tmp_path / 'libopenblas.so.0').write_text('')
+    assert bench_main.blas_env({'LD_LIBRARY_PATH': '/x'}, tmp_path)['LD_LIBRARY_PATH'] == \
+        f'{tmp_path}:/x'
 
 
 def cpu_seconds(pid):
