@@ -14,8 +14,11 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements-installed
 # Glog's start-up chatter (every layer's set-up) is off unless asked for.
 export GLOG_minloglevel ?= 2
+# Caffe's OpenMP threads give their core back after ~30 us of waiting (solve/caffe_env.py,
+# which the tools set too): for the C++ suite and anything else started here.
+export GOMP_SPINCOUNT ?= 1000
 
-.PHONY: help venv caffe test test-caffe test-project
+.PHONY: help venv caffe test test-caffe test-caffe-cpp test-project
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,11 +35,14 @@ $(VENV_STAMP): requirements.txt
 
 venv: $(VENV_STAMP) ## the virtualenv (.venv) with pinned requirements
 
-caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball)
-	$(PY) caffe-build/build.py
+caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball, BLAS=openblas|openblas-pthread|blis)
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS))
 
 test-caffe: caffe ## Caffe's own pycaffe test suite against the build
-	$(PY) caffe-build/build.py --test
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test
+
+test-caffe-cpp: caffe ## Caffe's own C++ CPU test suite against the build (compiled once: ~10 min)
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test-cpp
 
 test-project: caffe ## the project's own tests
 	$(PY) -m pytest tests
@@ -344,3 +350,23 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 
 $(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
 	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)
+
+# The toy solvers fix random_seed: two short runs of the classifier, surgery and FCN-32s
+# must end with the same weights, bit for bit, and the same scores.
+REPEAT_DIR := runs/repeat-check
+.PHONY: demo-repeat-check
+
+demo-repeat-check: $(TOY_STAMP) | caffe ## two short toy runs (classifier, surgery, FCN-32s) give identical weights and scores
+	for run in 1 2; do d=$(REPEAT_DIR)/$$run; rm -rf $$d && \
+		$(PY) solve/solve.py toy-vgg16 --cpu --data-dir $(DATA_ROOT) --steps 4 --test-every 4 \
+			--val-images 64 --snapshot-every 0 --run-dir $$d/toy-vgg16 && \
+		$(PY) solve/surgery.py to-fcn --classifier models/toy-vgg16/deploy.prototxt \
+			--weights $$d/toy-vgg16/final.caffemodel --fcn models/toy-fcn32s/deploy.prototxt \
+			--out $$d/toy-vgg16-fcn.caffemodel && \
+		$(PY) solve/solve.py toy-fcn32s --cpu --data-dir $(DATA_ROOT) --steps 10 --test-every 10 \
+			--val-images 16 --snapshot-every 0 --weights $$d/toy-vgg16-fcn.caffemodel \
+			--run-dir $$d/toy-fcn32s || exit 1; done
+	for file in toy-vgg16/final.caffemodel toy-vgg16/val_log.json toy-fcn32s/final.caffemodel \
+			toy-fcn32s/val_log.json; do \
+		cmp $(REPEAT_DIR)/1/$$file $(REPEAT_DIR)/2/$$file || exit 1; done
+	@echo "two runs: the same weights, losses and scores"
