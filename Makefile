@@ -14,8 +14,11 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements-installed
 # Glog's start-up chatter (every layer's set-up) is off unless asked for.
 export GLOG_minloglevel ?= 2
+# Caffe's OpenMP threads give their core back after ~30 us of waiting (solve/caffe_env.py,
+# which the tools set too): for the C++ suite and anything else started here.
+export GOMP_SPINCOUNT ?= 1000
 
-.PHONY: help venv caffe test test-caffe test-project
+.PHONY: help venv caffe test test-caffe test-caffe-cpp test-project
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,11 +35,14 @@ $(VENV_STAMP): requirements.txt
 
 venv: $(VENV_STAMP) ## the virtualenv (.venv) with pinned requirements
 
-caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball)
-	$(PY) caffe-build/build.py
+caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball, BLAS=openblas|openblas-pthread|blis)
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS))
 
 test-caffe: caffe ## Caffe's own pycaffe test suite against the build
-	$(PY) caffe-build/build.py --test
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test
+
+test-caffe-cpp: caffe ## Caffe's own C++ CPU test suite against the build (compiled once: ~10 min)
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test-cpp
 
 test-project: caffe ## the project's own tests
 	$(PY) -m pytest tests
@@ -50,7 +56,7 @@ test: test-caffe test-project ## all tests (what CI runs)
 # compiled in, and GPU code for every architecture asked for (cuobjdump, also a wheel).
 # CUDA 13's nvcc no longer targets Volta (sm_70); the image's CUDA 12 build does.
 GPU_CACHE ?= $(HOME)/.cache/fcn-caffe-gpu
-GPU_ARCHS ?= 75 80 86 89 90
+GPU_ARCHS ?= 75 80 86 89 90 100 120
 GPU_WHEELS := nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-nccl-cu13==2.27.7
 GPU_WHEELS_DIR := $(GPU_CACHE)/wheels-$(shell printf '%s' '$(GPU_WHEELS)' | sha256sum | cut -c1-12)
 CUOBJDUMP_WHEEL := nvidia-cuda-cuobjdump==13.2.51
@@ -161,8 +167,13 @@ $(PIPELINE_RULES): models/specs.py models/weights.py solve/pipeline.py
 
 voc-fcn8s: ## e.g. VOC FCN-32s -> 16s -> 8s from VGG16, scored (`make MODEL` for any model; GPU=N; STEPS=N VAL_IMAGES=N for a short run)
 
+# The scoring command; SHARDS=N splits it into N pieces merged into score.json (see
+# the cluster section).
+SCORE = $(PY) solve/score.py $* --weights $< --json $(basename $@).json $(SCORE_DEVICE) $(SHORT_SCORE)
+ifeq ($(filter-out 0 1,$(SHARDS)),)
 $(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: $(RUNS)/%/final.caffemodel | caffe
-	$(PY) solve/score.py $* --weights $< --json $@ $(SCORE_DEVICE) $(SHORT_SCORE)
+	$(SCORE)
+endif
 
 # A final weights file older than what its stage starts from means that stage is trained
 # again: its old snapshots are moved aside, not resumed.
@@ -187,6 +198,77 @@ $(BASE_WEIGHTS)/toy-vgg16-fcn.caffemodel: $(RUNS)/toy-vgg16/final.caffemodel | c
 
 stress: caffe ## long runs end cleanly: tiny FCNs train STRESS_ITERATIONS=3000 iterations and exit 0; a diverging run stops with a clear error
 	$(PY) solve/stress.py --iterations $(STRESS_ITERATIONS)
+
+# ---- cluster -----------------------------------------------------------------------
+# `make cluster-MODEL` submits what `make MODEL` would make to SLURM: one job per file
+# (surgery, each stage, the scoring), each running `make THAT-FILE` with the same
+# variables (STEPS, VAL_IMAGES, SHARDS, RUNS, ...), started once the jobs it needs have
+# succeeded; what is done is not submitted. A stage asked to stop (STOP_BEFORE seconds
+# before TIME_LIMIT, or preempted) snapshots and requeues itself, and resumes.
+# `make cluster-all`: every model whose data is prepared; `make cluster-status`: the
+# submitted chains and their jobs; DRY_RUN=1 prints the sbatch commands instead. Logs go
+# to runs/MODEL/slurm/. Settings: below, on the command line, or in cluster.mk.
+#
+# SHARDS=N (also without a cluster, with make -jN) scores each model in N pieces,
+# runs/MODEL/score-shards/I-of-N.npz (score.py --shard I/N --save-hist), merged into
+# runs/MODEL/score.json (score.py --merge); on a cluster the pieces are an array job.
+
+# GPUS_PER_JOB: GPUs of a training job (0: the CPU; scoring takes one). TIME_LIMIT: every
+# job's sbatch --time. STOP_BEFORE: seconds before it when a stage snapshots and requeues.
+# SBATCH_FLAGS: more sbatch options (--qos=long --mem=32G). CLUSTER_EXEC: run make through
+# this, a container runtime (README, "Beyond one machine").
+-include cluster.mk
+GPUS_PER_JOB ?= 1
+CPUS_PER_JOB ?= 4
+PARTITION ?=
+ACCOUNT ?=
+TIME_LIMIT ?=
+STOP_BEFORE ?= 600
+SBATCH_FLAGS ?=
+CLUSTER_EXEC ?=
+CLUSTER_SETTINGS := GPUS_PER_JOB CPUS_PER_JOB PARTITION ACCOUNT TIME_LIMIT STOP_BEFORE \
+	SBATCH_FLAGS CLUSTER_EXEC DRY_RUN
+# The jobs get the command line's other variables (STEPS, RUNS, ...).
+CLUSTER_SUBMIT = $(PYTHON) solve/cluster.py submit --gpus-per-job='$(GPUS_PER_JOB)' \
+	--cpus-per-job='$(CPUS_PER_JOB)' --partition='$(PARTITION)' --account='$(ACCOUNT)' \
+	--time-limit='$(TIME_LIMIT)' --stop-before='$(STOP_BEFORE)' \
+	--sbatch-flags='$(SBATCH_FLAGS)' --exec='$(CLUSTER_EXEC)' $(if $(DRY_RUN),--dry-run) \
+	--settings='$(CLUSTER_SETTINGS)' $(MAKEOVERRIDES)
+
+.PHONY: $(MODEL_NAMES:%=cluster-%) cluster-all cluster-status test-cluster
+
+cluster-voc-fcn8s: ## e.g. submit voc-fcn8s's chain to SLURM (`make cluster-MODEL` for any model; GPUS_PER_JOB, PARTITION, TIME_LIMIT, ...)
+$(MODEL_NAMES:%=cluster-%): cluster-%: $(PIPELINE_RULES)
+	$(CLUSTER_SUBMIT) $*
+
+cluster-all: $(PIPELINE_RULES) ## submit every model whose dataset is prepared to SLURM
+	$(CLUSTER_SUBMIT) --all
+
+cluster-status: ## the chains submitted to SLURM: each job, its state and log
+	$(PYTHON) solve/cluster.py status $(RUNS)
+
+# The tests against a real SLURM: a single-node cluster started and stopped by the tests
+# (as root; Debian's slurm-wlm and munge, installed here when missing).
+test-cluster: caffe ## the toy chain and sharded scoring on a real local SLURM (root)
+	$(PY) tests/local_slurm.py install
+	FCN_CLUSTER_TESTS=1 $(PY) -m pytest tests/test_cluster_slurm.py
+
+ifneq ($(filter-out 0 1,$(SHARDS)),)
+ifeq ($(shell [ "$(SHARDS)" -gt 1 ] 2>/dev/null && echo ok),)
+$(error SHARDS=$(SHARDS): give the number of pieces to score in)
+endif
+SHARD_INDICES := $(shell seq 0 $$(($(SHARDS) - 1)))
+$(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: \
+		$(foreach i,$(SHARD_INDICES),$(RUNS)/%/score-shards/$(i)-of-$(SHARDS).npz)
+	$(PY) solve/score.py --merge $^ --json $@
+
+define SHARD_RULE
+$(MODEL_NAMES:%=$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz): \
+		$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz: $(RUNS)/%/final.caffemodel | caffe
+	$$(SCORE) --shard $1/$(SHARDS) --save-hist $$@
+endef
+$(foreach i,$(SHARD_INDICES),$(eval $(call SHARD_RULE,$(i))))
+endif
 
 # ---- googlenet ---------------------------------------------------------------------
 # FCN-GoogLeNet, the paper's third net (models/README.md, section FCN-GoogLeNet), trains
@@ -277,6 +359,26 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 
 $(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
 	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)
+
+# The toy solvers fix random_seed: two short runs of the classifier, surgery and FCN-32s
+# must end with the same weights, bit for bit, and the same scores.
+REPEAT_DIR := runs/repeat-check
+.PHONY: demo-repeat-check
+
+demo-repeat-check: $(TOY_STAMP) | caffe ## two short toy runs (classifier, surgery, FCN-32s) give identical weights and scores
+	for run in 1 2; do d=$(REPEAT_DIR)/$$run; rm -rf $$d && \
+		$(PY) solve/solve.py toy-vgg16 --cpu --data-dir $(DATA_ROOT) --steps 4 --test-every 4 \
+			--val-images 64 --snapshot-every 0 --run-dir $$d/toy-vgg16 && \
+		$(PY) solve/surgery.py to-fcn --classifier models/toy-vgg16/deploy.prototxt \
+			--weights $$d/toy-vgg16/final.caffemodel --fcn models/toy-fcn32s/deploy.prototxt \
+			--out $$d/toy-vgg16-fcn.caffemodel && \
+		$(PY) solve/solve.py toy-fcn32s --cpu --data-dir $(DATA_ROOT) --steps 10 --test-every 10 \
+			--val-images 16 --snapshot-every 0 --weights $$d/toy-vgg16-fcn.caffemodel \
+			--run-dir $$d/toy-fcn32s || exit 1; done
+	for file in toy-vgg16/final.caffemodel toy-vgg16/val_log.json toy-fcn32s/final.caffemodel \
+			toy-fcn32s/val_log.json; do \
+		cmp $(REPEAT_DIR)/1/$$file $(REPEAT_DIR)/2/$$file || exit 1; done
+	@echo "two runs: the same weights, losses and scores"
 
 # ---- rehearsal ---------------------------------------------------------------------
 # Every real pipeline at full size on the CPU, with only the iteration and image counts

@@ -7,6 +7,7 @@ fail with a message that says which one it is and what to do.
 import ctypes
 import importlib
 import mmap
+import os
 import re
 from pathlib import Path
 
@@ -101,12 +102,40 @@ def check_gpus(gpus, need_nccl=False, has_cuda=caffe_has_cuda, device_count=cuda
         raise UsageError(f'{flag} {asked}: GPU {missing[0]} is not usable: {why}.')
 
 
+# NCCL's processes pass data through files in /dev/shm, of which Docker gives a container
+# 64 MB. NCCL's advice for containers is --shm-size=1g; with less than half of that free,
+# training stops before it starts rather than in NCCL's set-up.
+SHARED_MEMORY_ADVICE = '--shm-size=1g'
+SHARED_MEMORY_MINIMUM = 512 << 20
+
+
+def check_shared_memory(gpus, shm='/dev/shm', minimum=SHARED_MEMORY_MINIMUM):
+    """Fail clearly unless multi-GPU training on `gpus` has the shared memory NCCL needs."""
+    if len(gpus) < 2:
+        return
+    try:
+        stats = os.statvfs(shm)
+        free = stats.f_bavail * stats.f_frsize
+    except OSError as e:
+        free, why = 0, f'cannot be used ({e.strerror})'
+    else:
+        why = f'has {free / 2**20:.0f} MiB free'
+    if free < minimum:
+        raise UsageError(
+            f'--gpus {",".join(map(str, gpus))}: {shm} {why}; training on several GPUs needs '
+            f'at least {minimum >> 20} MiB there, where NCCL passes data between the '
+            f'processes (Docker gives a container 64 MB). Start the container with '
+            f'{SHARED_MEMORY_ADVICE} (or --ipc=host), as the README\'s multi-GPU command does; '
+            f'outside Docker, enlarge it: mount -o remount,size=1G {shm}')
+
+
 def select_device(args):
     """Put Caffe in the mode the flags ask for; the checks run first."""
     import caffe
     gpus = getattr(args, 'gpus', None)
     if gpus:
         check_gpus(gpus, need_nccl=True)
+        check_shared_memory(gpus)
     elif args.gpu is not None:
         check_gpus([args.gpu])
         caffe.set_device(args.gpu)

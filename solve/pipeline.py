@@ -34,11 +34,20 @@ from models.weights import REPO, RELEASED, local_path  # noqa: E402
 DATA_STAMPS = {'toy': 'toy/toy.json'}
 
 
-def init_files(spec):
-    sources = spec.init if isinstance(spec.init, tuple) else \
+def init_sources(spec):
+    return spec.init if isinstance(spec.init, tuple) else \
         () if spec.init is None else (spec.init,)
+
+
+def init_files(spec):
     return [f'$(RUNS)/{source}/final.caffemodel' if source in MODELS
-            else f'$(BASE_WEIGHTS)/{source}.caffemodel' for source in sources]
+            else f'$(BASE_WEIGHTS)/{source}.caffemodel' for source in init_sources(spec)]
+
+
+def surgery_outputs():
+    """The base weights that surgery makes: what a model starts from that is no model."""
+    return sorted({source for spec in MODELS.values() for source in init_sources(spec)
+                   if source not in MODELS})
 
 
 def data_stamp(spec):

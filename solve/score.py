@@ -159,16 +159,14 @@ def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score',
     The data layer walks the split in order and wraps, so the forward passes outside this
     shard's block run the data layers alone: the reader ends where it began and the next
     pass (the next validation during training) sees the same examples. `limit` scores only
-    the block's first examples (quick looks during training).
+    the split's first examples (quick looks), shared among the shards as a whole split is.
     Returns {head.label: ConfusionMatrix}.
     """
     batch = net.blobs[heads[0].label].data.shape[0]
     passes = -(-len(image_ids) // batch)
-    start, stop = shard_range(passes, shard)
-    end = min(len(image_ids), stop * batch)
-    if limit is not None:
-        end = min(end, start * batch + limit)
-        stop = -(-end // batch)
+    scored = len(image_ids) if limit is None else min(limit, len(image_ids))
+    start, stop = shard_range(-(-scored // batch), shard)
+    end = min(scored, stop * batch)
     last_data_layer = data_layer_count(net) - 1
     for _ in range(start):
         net._forward(0, last_data_layer)

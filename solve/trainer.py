@@ -146,14 +146,23 @@ class StopRequest:
             self.local_signum = self.local_signum or signum
 
     def install(self):
-        """Handle SIGINT and SIGTERM; a second signal stops at once (default action)."""
+        """Handle SIGINT and SIGTERM; a second Ctrl-C (SIGINT) to this process aborts at
+        once. SIGTERM asks again and again for the same stop: a scheduler may signal every
+        process of a job and its job script pass the signal on too, and its way to
+        insist is SIGKILL."""
+        interrupted = False
+
         def handler(signum, frame):
-            if self.signum:
+            nonlocal interrupted
+            if signum == signal.SIGINT and interrupted:
                 signal.signal(signum, signal.SIG_DFL)
                 os.kill(os.getpid(), signum)
+            interrupted = interrupted or signum == signal.SIGINT
+            if self.signum and signum == signal.SIGTERM:
+                return
             self.set(signum)
             print(f'\n{signal.Signals(signum).name}: stopping after this iteration '
-                  f'(a snapshot follows); signal again to abort at once', file=sys.stderr,
+                  f'(a snapshot follows); Ctrl-C again to abort at once', file=sys.stderr,
                   flush=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, handler)

@@ -161,3 +161,18 @@ def test_score_net_counts_every_image_and_shards_add_up(val_net, tmp_path):
     label = viz.read_label_png(tmp_path / '5.png')
     assert label.shape == stress.synthetic_example(5, 16)[1].shape[1:]
     assert label.max() < stress.NUM_CLASSES
+
+
+def test_the_first_images_are_divided_among_the_shards(val_net):
+    """score.py --images N --shard i/n: the shards of the split's first N images add up
+    to scoring those N images whole (make SHARDS=n VAL_IMAGES=N)."""
+    heads = stress.heads()
+    ids = [str(i) for i in range(6)]
+    first = score.score_net(val_net, heads, ids, limit=4)['label']
+    total = score.ConfusionMatrix(stress.NUM_CLASSES)
+    for index in range(3):
+        total += score.score_net(val_net, heads, ids, shard=(index, 3), limit=4)['label']
+    np.testing.assert_array_equal(total.hist, first.hist)
+    assert total.n_images == first.n_images == 4
+    pixels = sum((stress.synthetic_example(i, 16)[1] != VOID).sum() for i in range(4))
+    assert first.hist.sum() == pixels
