@@ -14,8 +14,11 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements-installed
 # Glog's start-up chatter (every layer's set-up) is off unless asked for.
 export GLOG_minloglevel ?= 2
+# Caffe's OpenMP threads give their core back after ~30 us of waiting (solve/caffe_env.py,
+# which the tools set too): for the C++ suite and anything else started here.
+export GOMP_SPINCOUNT ?= 1000
 
-.PHONY: help venv caffe test test-caffe test-project
+.PHONY: help venv caffe test test-caffe test-caffe-cpp test-project
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,11 +35,14 @@ $(VENV_STAMP): requirements.txt
 
 venv: $(VENV_STAMP) ## the virtualenv (.venv) with pinned requirements
 
-caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball)
-	$(PY) caffe-build/build.py
+caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball, BLAS=openblas|openblas-pthread|blis)
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS))
 
 test-caffe: caffe ## Caffe's own pycaffe test suite against the build
-	$(PY) caffe-build/build.py --test
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test
+
+test-caffe-cpp: caffe ## Caffe's own C++ CPU test suite against the build (compiled once: ~10 min)
+	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test-cpp
 
 test-project: caffe ## the project's own tests
 	$(PY) -m pytest tests
@@ -142,6 +148,8 @@ else
 RUNS := runs
 BASE_WEIGHTS := weights
 endif
+# The ILSVRC classifiers surgery starts from (the rehearsal points it at its stand-ins).
+CLASSIFIER_DIR ?= weights
 # solve.py and score.py find the runs and base weights here.
 export FCN_RUNS_DIR := $(RUNS)
 export FCN_WEIGHTS_DIR := $(BASE_WEIGHTS)
@@ -179,11 +187,11 @@ $(MODEL_NAMES:%=$(RUNS)/%/final.caffemodel): $(RUNS)/%/final.caffemodel:
 		rm -f $@; fi
 	$(PY) solve/solve.py $* $(DEVICE) --resume auto $(SHORT_TRAIN)
 
-$(BASE_WEIGHTS)/vgg16-fcn.caffemodel: weights/VGG_ILSVRC_16_layers.caffemodel | caffe
+$(BASE_WEIGHTS)/vgg16-fcn.caffemodel: $(CLASSIFIER_DIR)/VGG_ILSVRC_16_layers.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/vgg16/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn32s/deploy.prototxt --out $@
 
-$(BASE_WEIGHTS)/alexnet-fcn.caffemodel: weights/bvlc_reference_caffenet.caffemodel | caffe
+$(BASE_WEIGHTS)/alexnet-fcn.caffemodel: $(CLASSIFIER_DIR)/bvlc_reference_caffenet.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/caffenet/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn-alexnet/deploy.prototxt --out $@
 
@@ -271,7 +279,7 @@ endif
 
 voc-fcn-googlenet: ## FCN-GoogLeNet on VOC from BVLC GoogLeNet, scored (GPU=N)
 
-$(BASE_WEIGHTS)/googlenet-fcn.caffemodel: weights/bvlc_googlenet.caffemodel | caffe
+$(BASE_WEIGHTS)/googlenet-fcn.caffemodel: $(CLASSIFIER_DIR)/bvlc_googlenet.caffemodel | caffe
 	$(PY) solve/surgery.py to-fcn --classifier models/googlenet/deploy.prototxt --weights $< \
 		--fcn models/voc-fcn-googlenet/deploy.prototxt --out $@
 
@@ -291,6 +299,13 @@ $(BASE_WEIGHTS)/googlenet-fcn.caffemodel: weights/bvlc_googlenet.caffemodel | ca
 
 weights/%.caffemodel: | $(VENV_STAMP)
 	$(PY) -m data.prepare --weights $@
+
+# Classifiers kept elsewhere (CLASSIFIER_DIR, as the rehearsal does) are fetched there.
+ifneq ($(CLASSIFIER_DIR),weights)
+.PRECIOUS: $(CLASSIFIER_DIR)/%.caffemodel
+$(CLASSIFIER_DIR)/%.caffemodel: | $(VENV_STAMP)
+	$(PY) -m data.prepare --weights $@
+endif
 
 released-voc-fcn8s: ## fetch the reference release's weights (`make released-MODEL` for any released model)
 eval-voc-fcn8s: ## score the released weights on the model's val split (`make eval-MODEL`)
@@ -364,3 +379,38 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 
 $(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
 	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)
+
+# The toy solvers fix random_seed: two short runs of the classifier, surgery and FCN-32s
+# must end with the same weights, bit for bit, and the same scores.
+REPEAT_DIR := runs/repeat-check
+.PHONY: demo-repeat-check
+
+demo-repeat-check: $(TOY_STAMP) | caffe ## two short toy runs (classifier, surgery, FCN-32s) give identical weights and scores
+	for run in 1 2; do d=$(REPEAT_DIR)/$$run; rm -rf $$d && \
+		$(PY) solve/solve.py toy-vgg16 --cpu --data-dir $(DATA_ROOT) --steps 4 --test-every 4 \
+			--val-images 64 --snapshot-every 0 --run-dir $$d/toy-vgg16 && \
+		$(PY) solve/surgery.py to-fcn --classifier models/toy-vgg16/deploy.prototxt \
+			--weights $$d/toy-vgg16/final.caffemodel --fcn models/toy-fcn32s/deploy.prototxt \
+			--out $$d/toy-vgg16-fcn.caffemodel && \
+		$(PY) solve/solve.py toy-fcn32s --cpu --data-dir $(DATA_ROOT) --steps 10 --test-every 10 \
+			--val-images 16 --snapshot-every 0 --weights $$d/toy-vgg16-fcn.caffemodel \
+			--run-dir $$d/toy-fcn32s || exit 1; done
+	for file in toy-vgg16/final.caffemodel toy-vgg16/val_log.json toy-fcn32s/final.caffemodel \
+			toy-fcn32s/val_log.json; do \
+		cmp $(REPEAT_DIR)/1/$$file $(REPEAT_DIR)/2/$$file || exit 1; done
+	@echo "two runs: the same weights, losses and scores"
+
+# ---- rehearsal ---------------------------------------------------------------------
+# Every real pipeline at full size on the CPU, with only the iteration and image counts
+# cut: for each FCN of the table, `make MODEL STEPS=N VAL_IMAGES=N` on made-up datasets in
+# the real formats at real image sizes (served on 127.0.0.1 as the download mirror) and
+# random ILSVRC classifiers of the real size and format, all in REHEARSAL_DIR. One line a
+# model: stages, seconds, peak memory, mean IU. Measured times: README, "The rehearsal".
+
+REHEARSAL_DIR ?= runs/rehearsal
+
+.PHONY: rehearsal
+
+rehearsal: caffe ## every FCN's make target at full size on the CPU, a few iterations each (MODELS=..., STEPS=1, VAL_IMAGES=2)
+	$(PY) solve/rehearsal.py --dir $(REHEARSAL_DIR) --steps $(or $(STEPS),1) \
+		--val-images $(or $(VAL_IMAGES),2) $(subst $(comma), ,$(MODELS))

@@ -5,7 +5,9 @@ outputs and loss to a relative difference of 1e-4, training gradients to 1e-2 in
 (see relative_difference).
 Each subject runs in its own process, so peak memory is its own; runs alternate
 (Caffe, PyTorch, SGEMM, Caffe, ...) so that load from elsewhere hits all alike, and the
-figures are medians. Writes runs/bench/results.json and prints a table.
+figures are medians. The contention part trains a toy FCN alone and beside one busy
+process, with the project's thread settings and with the libraries' defaults
+(bench/contention.py). Writes runs/bench/results.json and prints a table.
 """
 
 import argparse
@@ -20,12 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import nets, report
+from bench import contention, nets, report
+
+sys.path.append(str(nets.REPO / 'solve'))
+import caffe_env  # noqa: E402  (solve/ holds the tools' modules, imported by bare name)
 
 TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-2
 DEFAULT_OUT = nets.REPO / 'runs' / 'bench' / 'results.json'
 SEED = 1337
+# The demo's last stage: a small net whose every layer is a short parallel region, which is
+# where threads that wait for each other cost the most.
+CONTENTION_MODEL_DIR = nets.REPO / 'models' / 'toy-fcn8s'
+# libgomp's variables for how a waiting thread waits; the defaults subject has none.
+WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')
 
 
 def say(message):
@@ -35,8 +45,11 @@ def say(message):
 class Worker:
     """A `bench.worker` process and its request/reply pipe."""
 
-    def __init__(self, kind, config, env):
+    def __init__(self, kind, config, env, label=None):
         self.kind = kind
+        self.label = label or kind
+        if kind.startswith('torch'):
+            env = library_defaults(env)  # PyTorch as its users run it
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'bench.worker', kind, json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -130,10 +143,10 @@ def alternate(workers, rounds, loads, progress=True):
     """Seconds of `rounds` runs of each worker, taken in turn after one warm-up run each."""
     for worker in workers:
         worker.run()
-    samples = {worker.kind: [] for worker in workers}
+    samples = {worker.label: [] for worker in workers}
     for index in range(rounds):
         for worker in workers:
-            samples[worker.kind].append(worker.run())
+            samples[worker.label].append(worker.run())
         loads.append(os.getloadavg()[0])
         if progress:
             say(f'round {index + 1}/{rounds}: ' + ', '.join(
@@ -167,6 +180,13 @@ def compared(part, sgemm_flops):
     return figures
 
 
+def busiest_processes(count=6):
+    """The processes using the most CPU now (what else was running), as ps prints them."""
+    result = subprocess.run(['ps', '-eo', 'pcpu,etime,args', '--sort=-pcpu'],
+                            capture_output=True, text=True)
+    return [line[:160] for line in result.stdout.splitlines()[1:count + 1]]
+
+
 def machine():
     model = next((line.split(':', 1)[1].strip() for line in
                   Path('/proc/cpuinfo').read_text().splitlines()
@@ -189,8 +209,9 @@ def parse_args(argv):
                         help='timed runs of each subject, alternating (default: %(default)s)')
     parser.add_argument('--threads', type=int,
                         help='threads for BLAS, OpenMP and PyTorch (default: their own)')
-    parser.add_argument('--parts', nargs='+', choices=('forward', 'train', 'data'),
-                        default=['forward', 'train', 'data'], help='what to measure')
+    parser.add_argument('--parts', nargs='+', choices=('forward', 'train', 'data', 'contention'),
+                        default=['forward', 'train', 'data', 'contention'],
+                        help='what to measure')
     parser.add_argument('--layers', action='store_true',
                         help="also time each of Caffe's forward layers")
     parser.add_argument('--data-images', type=int, default=20,
@@ -198,14 +219,41 @@ def parse_args(argv):
     parser.add_argument('--sgemm-size', type=int, default=4096, metavar='N',
                         help='side of the square matrices of the SGEMM limit '
                              '(default: %(default)s)')
+    parser.add_argument('--contention-model-dir', type=Path, default=CONTENTION_MODEL_DIR,
+                        help='the net trained alone and beside a busy process '
+                             '(default: %(default)s)')
+    parser.add_argument('--contention-size', default='128x128', metavar='WxH',
+                        help='its input size (default: %(default)s, the toy set\'s)')
+    parser.add_argument('--contention-iterations', type=int, default=20, metavar='N',
+                        help='solver iterations per timed run (default: %(default)s)')
+    parser.add_argument('--thread-env', action='append', default=[], metavar='NAME=VALUE',
+                        help="try another thread setting in place of the project's "
+                             '(solve/caffe_env.py) in the contention part (repeatable)')
+    parser.add_argument('--blas-dir', action='append', default=[], metavar='NAME=DIR',
+                        help="also time Caffe's forward with another BLAS under the same "
+                             'binary: DIR holds a libopenblas.so.0 (a link to that library) '
+                             'and is searched first; checked against PyTorch like the default '
+                             '(repeatable)')
     parser.add_argument('--out', type=Path, default=DEFAULT_OUT,
                         help='results file (default: %(default)s)')
     args = parser.parse_args(argv)
-    try:
-        args.width, args.height = (int(side) for side in args.size.lower().split('x'))
-    except ValueError:
-        parser.error(f'--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 500x375')
+    args.width, args.height = parse_size(parser, '--size', args.size)
+    args.contention_size = parse_size(parser, '--contention-size', args.contention_size)
+    for option in ('thread_env', 'blas_dir'):
+        try:
+            setattr(args, option, dict(item.split('=', 1) for item in getattr(args, option)))
+        except ValueError:
+            parser.error(f'--{option.replace("_", "-")} {getattr(args, option)}: expected '
+                         'NAME=VALUE, e.g. GOMP_SPINCOUNT=10000 or blis=/tmp/blis')
     return args
+
+
+def parse_size(parser, option, text):
+    try:
+        width, height = (int(side) for side in text.lower().split('x'))
+    except ValueError:
+        parser.error(f'{option} {text!r}: expected WIDTHxHEIGHT, e.g. 500x375')
+    return width, height
 
 
 def main(argv=None):
@@ -227,7 +275,8 @@ def main(argv=None):
                'tolerance': {'outputs': TOLERANCE, 'gradients': GRADIENT_TOLERANCE},
                'command': ' '.join(['python -m bench', *(argv or sys.argv[1:])]),
                'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'machine': machine(),
-               'load': {'start': os.getloadavg(), 'rounds': []}, 'checks': {}}
+               'load': {'start': os.getloadavg(), 'rounds': [],
+                        'busiest_at_start': busiest_processes()}, 'checks': {}}
     with tempfile.TemporaryDirectory(prefix='bench-') as scratch:
         scratch = Path(scratch)
         inputs = scratch / 'inputs.npz'
@@ -243,8 +292,13 @@ def main(argv=None):
                   'sgemm_size': args.sgemm_size}
         measure(args, config, env, scratch, results)
     results['load']['end'] = os.getloadavg()
+    results['load']['busiest_at_end'] = busiest_processes()
     report.write_json(args.out, results)
     print(report.table(results))
+    if 'blas' in results:
+        print(report.blas_table(results['blas']))
+    if 'contention' in results:
+        print(report.contention_table(results['contention']))
     if 'layers' in results:
         print(report.layer_table(results['layers']['rows'], results['layers']['sgemm_gflops']))
     say(f'wrote {args.out}')
@@ -255,6 +309,8 @@ def measure(args, config, env, scratch, results):
         measure_frameworks(args, config, env, scratch, results)
     if 'data' in args.parts:
         results['data'] = measure_data(args, config, env, results.get('train'))
+    if 'contention' in args.parts:
+        results['contention'] = measure_contention(args, env, scratch, results)
 
 
 def measure_frameworks(args, config, env, scratch, results):
@@ -272,9 +328,18 @@ def measure_frameworks(args, config, env, scratch, results):
         image = inputs['data']
     np.savez(config['inputs'], data=image,
              label=nets.random_label(args.width, args.height, classes, SEED))
+    # Other BLAS libraries under the same Caffe binary, checked like it.
+    variants = [Worker('caffe-forward', config, blas_env(env, folder), label=f'caffe@{name}')
+                for name, folder in args.blas_dir.items()]
+    for variant in variants:
+        results['checks'][variant.label] = check(variant.label, variant, torch, scratch)
     if 'forward' in args.parts:
         say('timing forward passes')
-        samples = alternate([caffe, torch, sgemm], args.rounds, loads)
+        samples = alternate([caffe, *variants, torch, sgemm], args.rounds, loads)
+        blas = {variant.label: (samples.pop(variant.label), variant.info())
+                for variant in variants}
+        for variant in variants:
+            variant.close()
         if args.layers:
             # Per-layer times come from one more pass, so their limit is taken around it.
             before = sgemm.run()
@@ -283,8 +348,9 @@ def measure_frameworks(args, config, env, scratch, results):
             results['layers'] = {'rows': rows, 'sgemm_gflops': round(limit, 1)}
         finished['forward'] = finish([caffe, torch], samples)
     else:
-        caffe.close()
-        torch.close()
+        blas = {}
+        for worker in (caffe, *variants, torch):
+            worker.close()
     if 'train' in args.parts:
         checkers = [Worker(kind, config, env) for kind in ('caffe-check', 'torch-check')]
         results['checks']['train'] = check('train', *checkers, scratch)
@@ -299,6 +365,32 @@ def measure_frameworks(args, config, env, scratch, results):
     results['sgemm'] = {'size': args.sgemm_size, 'openblas': sgemm_info['openblas']}
     for name, part in finished.items():
         results[name] = compared(part, sgemm_info['flops'])
+    if blas:
+        results['blas'] = compared_blas(blas, finished['forward'], sgemm_info['flops'])
+
+
+def blas_env(env, folder):
+    """`env` with `folder` searched first for Caffe's libopenblas.so.0."""
+    if not (Path(folder) / 'libopenblas.so.0').exists():
+        raise SystemExit(f'bench: --blas-dir {folder} holds no libopenblas.so.0 (make it a '
+                         'link to the BLAS library to try)')
+    return dict(env, LD_LIBRARY_PATH=os.pathsep.join(
+        filter(None, [str(folder), env.get('LD_LIBRARY_PATH')])))
+
+
+def compared_blas(blas, forward, sgemm_flops):
+    """Each other BLAS's forward figures, its ratio to PyTorch and to the default Caffe
+    (medians of each round's ratio)."""
+    samples = forward['samples']
+    figures = {}
+    for label, (times, info) in blas.items():
+        summary = report.summarize(times, forward['flops'], (samples['sgemm'], sgemm_flops))
+        summary.update(peak_mb=round(info['peak_mb']), libraries=info['libraries'],
+                       openblas=info['openblas'],
+                       ratio_to_torch=report.ratio(times, samples['torch-forward']),
+                       ratio_to_default=report.ratio(times, samples['caffe-forward']))
+        figures[label.split('@', 1)[1]] = summary
+    return figures
 
 
 def measure_data(args, config, env, train):
@@ -318,6 +410,59 @@ def measure_data(args, config, env, train):
         figures['of_train_iteration'] = round(
             figures['median_s'] / train['caffe']['median_s'], 4)
     return figures
+
+
+def library_defaults(env):
+    """`env` without any setting of how threads wait: the libraries' own behaviour."""
+    return {name: value for name, value in env.items()
+            if name not in (*WAIT_VARIABLES, *caffe_env.THREAD_ENV)}
+
+
+def thread_envs(env, overrides):
+    """The environments of the contention part's two subjects, the project's thread settings
+    (or `overrides` in their place) and the libraries' defaults; and those settings."""
+    settings = overrides or caffe_env.THREAD_ENV
+    defaults = {name: value for name, value in library_defaults(env).items()
+                if name not in settings}
+    return {'project': {**defaults, **settings}, 'defaults': defaults}, settings
+
+
+def measure_contention(args, env, scratch, results):
+    """A toy FCN's training alone and beside a busy process, with and without the project's
+    thread settings, alternating (bench/contention.py)."""
+    files = nets.model_files(args.contention_model_dir)
+    width, height = args.contention_size
+    folder = scratch / 'contention'
+    folder.mkdir()
+    inputs, train = folder / 'inputs.npz', folder / 'train.prototxt'
+    nets.write_message(nets.input_fed(nets.read_net(files['train']), {
+        'data': (1, 3, height, width), 'label': (1, 1, height, width)}), train)
+    config = {'deploy': str(files['deploy']), 'train': str(train),
+              'solver': str(files['solver']), 'inputs': str(inputs),
+              'weights': str(folder / 'weights.npz'), 'seed': SEED, 'scratch': str(folder),
+              'iterations': args.contention_iterations}
+    np.savez(inputs, data=nets.random_image(width, height, SEED))
+    envs, settings = thread_envs(env, args.thread_env)
+    # The forward worker writes the random weights and tells the class count.
+    forward = Worker('caffe-forward', config, envs['project'])
+    classes = next(iter(forward.info()['outputs'].values()))[1]
+    forward.close()
+    np.savez(inputs, data=nets.random_image(width, height, SEED),
+             label=nets.random_label(width, height, classes, SEED))
+    say(f'timing {args.contention_model_dir.name} training alone and beside a busy process '
+        f'({args.contention_iterations} iterations a run), project settings {settings} '
+        'against the libraries\' defaults')
+    workers = {label: Worker('caffe-train', config, envs[label]) for label in envs}
+    try:
+        samples = contention.alternate_with_busy(workers, args.rounds,
+                                                 results['load']['rounds'], say)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {'model': args.contention_model_dir.name, 'width': width, 'height': height,
+            'iterations': args.contention_iterations, 'settings': settings,
+            'busy_process': [sys.executable, '-c', contention.BUSY_LOOP],
+            'figures': contention.summarize(samples, 'defaults')}
 
 
 if __name__ == '__main__':

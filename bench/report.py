@@ -51,8 +51,9 @@ def table(results):
     lines = [f"{results['model']} at {results['width']}x{results['height']}, "
              f"{results['rounds']} alternating rounds; load average "
              f"{results['load']['start'][0]:.2f} -> {results['load']['end'][0]:.2f} "
-             f"on {results['machine']['cores']} cores",
-             f"{'':24}{'Caffe':>12}{'PyTorch':>12}{'Caffe/PyTorch':>15}"]
+             f"on {results['machine']['cores']} cores"]
+    if 'forward' in results or 'train' in results:
+        lines.append(f"{'':24}{'Caffe':>12}{'PyTorch':>12}{'Caffe/PyTorch':>15}")
     for part, title in (('forward', 'forward'), ('train', 'forward+backward')):
         if part not in results:
             continue
@@ -88,6 +89,34 @@ def table(results):
                 lines.append(f"check {name}: {len(values)} {kind} agree within "
                              f"{max(values):.1e} (tolerance "
                              f"{results['tolerance'][kind]:.0e})")
+    return '\n'.join(lines)
+
+
+def blas_table(blas):
+    """Caffe's forward under each other BLAS, against PyTorch and against the default."""
+    lines = [f"{'BLAS under the same Caffe':28}{'forward s':>10}{'of SGEMM':>10}"
+             f"{'/PyTorch':>10}{'/default':>10}"]
+    for name, row in blas.items():
+        lines.append(f"{name[:28]:28}{row['median_s']:>10.3f}{row['of_sgemm']:>10.0%}"
+                     f"{row['ratio_to_torch']:>10.3f}{row['ratio_to_default']:>10.3f}")
+    return '\n'.join(lines)
+
+
+def contention_table(contention):
+    """Training alone and beside one busy process, with and without the thread settings."""
+    figures = contention['figures']
+    settings = ' '.join(f'{k}={v}' for k, v in contention['settings'].items()) or 'none'
+    lines = [f"{contention['model']} at {contention['width']}x{contention['height']}, "
+             f"{contention['iterations']} training iterations a run, alone and beside one "
+             f"busy process",
+             f"{'':28}{'alone s':>10}{'busy s':>10}{'busy/alone':>12}"]
+    for label, title in (('defaults', "libraries' defaults"), ('project', settings)):
+        row = figures[label]
+        lines.append(f"{title[:28]:28}{row['alone_s']:>10.2f}{row['busy_s']:>10.2f}"
+                     f"{row['slowdown']:>12.2f}")
+    project = figures['project']
+    lines.append(f"project settings against defaults: alone {project['alone_vs_reference']:.3f}, "
+                 f"busy {project['busy_vs_reference']:.3f} (medians of each round's ratio)")
     return '\n'.join(lines)
 
 

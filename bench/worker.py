@@ -174,7 +174,8 @@ class CaffeForward(CaffeSubject):
 
 
 class CaffeTrain(CaffeSubject):
-    """One solver iteration (forward, backward, update) of the input-fed training net."""
+    """Solver iterations (forward, backward, update) of the input-fed training net: one,
+    or the config's `iterations`."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -187,7 +188,7 @@ class CaffeTrain(CaffeSubject):
         self.load(self.solver.net)
 
     def run(self):
-        self.solver.step(1)
+        self.solver.step(self.config.get('iterations', 1))
 
     def info(self):
         info = super().info()

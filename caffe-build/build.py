@@ -50,10 +50,12 @@ SYSTEM_PACKAGES = [
     'libboost-system-dev', 'libboost-thread-dev', 'libboost-filesystem-dev',
     'libboost-python-dev', 'libgoogle-glog-dev', 'libgflags-dev',
     'libprotobuf-dev', 'protobuf-compiler', 'libhdf5-dev', 'libopenblas-dev',
-    'libopenblas0-openmp',
 ]
 # pycaffe's test_draw renders with Graphviz's `dot`.
 TEST_PACKAGES = ['graphviz']
+# Caffe's C++ suite without the tests that need a GPU.
+CPP_TEST_FILTER = '-*GPU*'
+
 OPTIONAL_FEATURES = {
     'opencv': ('USE_OPENCV', ['libopencv-dev']),
     'leveldb': ('USE_LEVELDB', ['libleveldb-dev', 'libsnappy-dev']),
@@ -480,21 +482,31 @@ def apply_patches(tree, log):
 
 # --- configure, build, install ------------------------------------------------------
 
-def openmp_openblas():
-    """Link Debian's OpenMP build of OpenBLAS, so that BLAS and Caffe's OpenMP loops share
-    one thread pool. With the default pthread build the two pools spin-wait against each
-    other on every core: the toy nets trained 3.6-5.4x slower (BENCHMARKS.md).
+# The BLAS libcaffe links (--blas): name -> (Debian package, library under
+# /usr/lib/<multiarch>/). The default is OpenBLAS's OpenMP build, so that it and Caffe's
+# own OpenMP loops share one thread pool: with the pthread build the two pools spin-wait
+# against each other, and the toy nets trained 3.6-5.4x slower (BENCHMARKS.md, which
+# compares all of these). Caffe is compiled against OpenBLAS's cblas.h (libopenblas-dev),
+# the standard CBLAS that every one of them exports.
+BLAS_LIBRARIES = {
+    'openblas': ('libopenblas0-openmp', 'openblas-openmp/libopenblas.so.0'),
+    'openblas-pthread': ('libopenblas0-pthread', 'openblas-pthread/libopenblas.so.0'),
+    'blis': ('libblis4-openmp', 'blis-openmp/libblis.so.4'),
+}
+DEFAULT_BLAS = 'openblas'
 
-    The library is linked by its path and found at run time through the rpath (Caffe's
-    cmake keeps link folders in it); the system's libopenblas.so.0 alternative is left
-    as it is. Off Debian, cmake's own search for OpenBLAS stands."""
+
+def blas_flags(blas):
+    """Link the chosen BLAS by its path; it is found at run time through the rpath
+    (Caffe's cmake keeps link folders in it), and the system's libblas/libopenblas
+    alternatives are left as they are. Off Debian, cmake's own search for OpenBLAS stands."""
     arch = multiarch()
     if not arch:
         return {}
-    return {'OpenBLAS_LIB': f'/usr/lib/{arch}/openblas-openmp/libopenblas.so.0'}
+    return {'OpenBLAS_LIB': f'/usr/lib/{arch}/{BLAS_LIBRARIES[blas][1]}'}
 
 
-def cmake_flags(python, features, extra, cuda=None):
+def cmake_flags(python, features, extra, cuda=None, blas=DEFAULT_BLAS):
     """The cmake cache entries of a build; `cuda` (from `cuda_flags`) makes it a GPU build."""
     flags = {
         'CMAKE_BUILD_TYPE': 'Release',
@@ -502,7 +514,7 @@ def cmake_flags(python, features, extra, cuda=None):
         'BLAS': 'Open',
         # The im2col/col2im patch shares its loops among the cores with OpenMP.
         'USE_OPENMP': 'ON',
-        **openmp_openblas(),
+        **blas_flags(blas),
         'BUILD_python': 'ON',
         'BUILD_python_layer': 'ON',
         'BUILD_docs': 'OFF',
@@ -614,9 +626,7 @@ def build(src, cache, mirrors, flags, key, jobs, python):
         builddir = work / 'build'
         builddir.mkdir()
         prefix = target / 'prefix'
-        say(f'configuring (log: {log})')
-        run(['cmake', '-S', tree, '-B', builddir, f'-DCMAKE_INSTALL_PREFIX={prefix}',
-             *[f'-D{k}={v}' for k, v in flags.items()]], log=log)
+        configure(tree, builddir, prefix, flags, log)
         say(f'compiling with {jobs} jobs; this takes several minutes (log: {log})')
         run(['cmake', '--build', builddir, '--', f'-j{jobs}'], log=log)
         run(['cmake', '--build', builddir, '--target', 'install'], log=log)
@@ -635,6 +645,54 @@ def build(src, cache, mirrors, flags, key, jobs, python):
     write_atomically(target / 'build-info.json', json.dumps(info, indent=2) + '\n')
     say(f'built {key} in {info["build_seconds"]} s')
     return info
+
+
+def configure(tree, builddir, prefix, flags, log):
+    say(f'configuring (log: {log})')
+    run(['cmake', '-S', tree, '-B', builddir, f'-DCMAKE_INSTALL_PREFIX={prefix}',
+         *[f'-D{k}={v}' for k, v in flags.items()]], log=log)
+
+
+def cpp_tests(src, cache, mirrors, flags, key, jobs):
+    """Caffe's C++ test binary for build `key`: the same source, patches and cmake flags,
+    compiled once into <cache>/<key>/cpp-tests/ (beside the build it tests). Returns
+    that folder.
+
+    The binary links a libcaffe compiled there from those same inputs, and stays where it
+    was compiled, beside the source tree whose test data the tests read."""
+    folder = cache / key / 'cpp-tests'
+    done = folder / 'compiled'
+    if done.exists():
+        return folder
+    log = cache / 'logs' / f'{key}-cpp-tests.log'
+    with open(cache / f'{key}.cpp-tests.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)  # left by a compile that died midway
+        folder.mkdir(parents=True)
+        log.write_text(f'C++ tests of {key} started {time.ctime()}\n')
+        started = time.time()
+        unpack_source(src, cache, mirrors, folder / 'src', log)
+        apply_patches(folder / 'src', log)
+        configure(folder / 'src', folder / 'build', folder / 'unused-prefix', flags, log)
+        say(f'compiling Caffe and its C++ tests with {jobs} jobs; about 10 minutes on 2 '
+            f'cores (log: {log})')
+        run(['cmake', '--build', folder / 'build', '--target', 'test.testbin', '--',
+             f'-j{jobs}'], log=log)
+        for objects in (folder / 'build').rglob('*.o'):
+            objects.unlink()
+        write_atomically(done, f'{round(time.time() - started)} s, {time.ctime()}\n')
+    return folder
+
+
+def run_cpp_tests(folder):
+    """Caffe's C++ suite on the CPU: every test but the GPU ones, run from the source
+    tree as Caffe's `make runtest` does (tests open src/caffe/test/test_data/...)."""
+    binary = folder / 'build' / 'test' / 'test.testbin'
+    say(f'running {binary} --gtest_filter={CPP_TEST_FILTER}')
+    return subprocess.run([binary, f'--gtest_filter={CPP_TEST_FILTER}'],
+                          cwd=folder / 'src').returncode
 
 
 def keep_pycaffe_tests(tree, dest):
@@ -700,6 +758,11 @@ def parse_args(argv):
     parser.add_argument('--cuda-libs', action='append', default=[], type=Path, metavar='DIR',
                         help='a folder with include/ and lib/ of cuBLAS, cuRAND or NCCL outside '
                              "the CUDA toolkit, e.g. a pip wheel's nvidia/cu13 (repeatable)")
+    parser.add_argument('--blas', choices=sorted(BLAS_LIBRARIES),
+                        default=os.environ.get('FCN_CAFFE_BLAS') or DEFAULT_BLAS,
+                        help="the BLAS Caffe links, from Debian's packages "
+                             '(default: env FCN_CAFFE_BLAS, else %(default)s; '
+                             'BENCHMARKS.md compares them); part of the cache key')
     parser.add_argument('--cmake', action='append', default=[], metavar='NAME=VALUE',
                         help='extra cmake cache entry; part of the cache key (repeatable)')
     parser.add_argument('-j', '--jobs', type=int, default=os.cpu_count() or 1)
@@ -714,6 +777,10 @@ def parse_args(argv):
                         help='print the build record (JSON) of the build in use')
     parser.add_argument('--test', action='store_true',
                         help="run Caffe's own pycaffe test suite against the build")
+    parser.add_argument('--test-cpp', action='store_true',
+                        help="run Caffe's own C++ test suite (CPU tests) against the build, "
+                             'compiling it first if the cache has none for this build '
+                             '(about 10 minutes on 2 cores)')
     return parser.parse_args(argv)
 
 
@@ -728,12 +795,16 @@ def main(argv=None):
     PATCH_DIR = args.patches.resolve()
     if not PATCH_DIR.is_dir():
         raise BuildError(f'--patches {args.patches}: no such folder')
+    if args.blas not in BLAS_LIBRARIES:
+        raise BuildError(f'FCN_CAFFE_BLAS={args.blas}: expected one of '
+                         f'{", ".join(sorted(BLAS_LIBRARIES))}')
     python = python_info()
     if (args.cuda_ptx or args.cuda_libs) and not args.cuda:
         raise BuildError('--cuda-ptx and --cuda-libs need --cuda ARCHS (or FCN_CAFFE_CUDA)')
     cuda = cuda_flags(args.cuda, args.cuda_ptx, args.cuda_libs) if args.cuda else None
-    flags = cmake_flags(python, args.features, args.cmake, cuda)
-    packages = SYSTEM_PACKAGES + [p for f in args.features for p in OPTIONAL_FEATURES[f][1]]
+    flags = cmake_flags(python, args.features, args.cmake, cuda, args.blas)
+    packages = (SYSTEM_PACKAGES + [BLAS_LIBRARIES[args.blas][0]]
+                + [p for f in args.features for p in OPTIONAL_FEATURES[f][1]])
     key = build_key(source_identity(args.src), flags, python)
     if args.key:
         print(key)
@@ -761,6 +832,9 @@ def main(argv=None):
         say(f'using {args.cache / key}')
     if args.test:
         sys.exit(run_pycaffe_tests(info))
+    if args.test_cpp:
+        sys.exit(run_cpp_tests(cpp_tests(args.src, args.cache, args.mirrors, flags, key,
+                                         args.jobs)))
 
 
 def check_cache_writable(cache, key, flags):

@@ -5,6 +5,7 @@ pointing outside and device files are refused (tar: the standard library's "data
 filter, plus absolute names; zip: the names are checked here, and zip links unpack
 as plain files).
 """
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -62,19 +63,28 @@ def extract_tar(archive, destination, out):
 
 
 def extract_zip(archive, destination, out):
+    """Unpack a zip; member names written with Windows separators (Images\\x.jpg, as some
+    Windows tools store them) unpack into folders like those written with '/'."""
     with zipfile.ZipFile(archive) as bundle:
         entries = bundle.infolist()
+        paths = []
         for entry in entries:
             parts = PurePosixPath(entry.filename.replace('\\', '/')).parts
             if (entry.filename.startswith(('/', '\\')) or '..' in parts
                     or (parts and ':' in parts[0])):
                 raise ExtractError('{}: refusing member {!r}: it would land outside {}'.format(
                     archive, entry.filename, destination))
+            paths.append(destination.joinpath(*parts))
         progress = Progress('unpacking ' + archive.name,
                             sum(entry.file_size for entry in entries) or None, out=out)
         try:
-            for entry in entries:
-                bundle.extract(entry, destination)
+            for entry, path in zip(entries, paths):
+                if entry.filename.endswith(('/', '\\')):
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(entry) as source, open(path, 'wb') as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
                 progress.update(entry.file_size)
         except (zipfile.BadZipFile, OSError) as error:
             raise ExtractError('{} is damaged ({}): delete it and run again'.format(archive, error)) \

@@ -12,6 +12,11 @@ The URL of a source is, first to last: --url KEY=URL, $FCN_URL_<KEY>,
 A copy is verified against the source's published checksums; a source without any is
 held to the size and digests of its first accepted copy, recorded next to it in the
 downloads folder as <file>.digests.json.
+
+Copies of one's own making (re-packed archives, the rehearsal's made-up datasets and
+classifiers) are verified against checksums their maker declares in a list (--checksums
+FILE or $FCN_CHECKSUMS, lines as md5sum, sha1sum or sha256sum print them): for the files
+it names, those replace the published ones, and the fetcher says so.
 """
 import hashlib
 import http.client
@@ -23,6 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from data.sources import SOURCES
@@ -30,6 +36,8 @@ from data.sources import SOURCES
 CHUNK = 1 << 20
 CHECKSUMS = ('md5', 'sha1', 'sha256')
 RECORD_SUFFIX = '.digests.json'
+# The checksum kinds, by the length of their hex digest.
+DIGEST_KINDS = {32: 'md5', 40: 'sha1', 64: 'sha256'}
 
 
 class FetchError(RuntimeError):
@@ -53,6 +61,33 @@ def mismatches(expected, found, origin=''):
     as text ('' if all hold); `origin` says where the expected values come from."""
     return ', '.join('{} {} (expected {}{})'.format(kind, found[kind], value, origin)
                      for kind, value in expected.items() if found[kind] != value)
+
+
+def read_checksum_list(path):
+    """{file name: {kind: hex digest}} from a list in the format md5sum and sha256sum
+    print: '<hex digest>  <file name>' a line, the kind told by the digest's length."""
+    declared = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise FetchError('cannot read the checksum list {} ({})'.format(path, error)) from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith('#'):
+            continue
+        match = re.fullmatch(r'([0-9a-fA-F]+) [ *](.+)', line.strip())
+        kind = match and DIGEST_KINDS.get(len(match.group(1)))
+        if not kind:
+            raise FetchError('{} line {}: expected "<md5, sha1 or sha256 hex digest>  <file '
+                             'name>", got {!r}'.format(path, number, line))
+        declared.setdefault(match.group(2), {})[kind] = match.group(1).lower()
+    return declared
+
+
+def with_declared_checksums(sources, declared):
+    """The sources, those whose file `declared` names holding its checksums instead."""
+    return {key: replace(source, **{kind: declared[source.filename].get(kind)
+                                    for kind in CHECKSUMS})
+            if source.filename in declared else source for key, source in sources.items()}
 
 
 class Progress:
@@ -97,10 +132,12 @@ class Fetcher:
     archives: folders that may already hold some of the files (used in place).
     mirror:   a base URL that serves every file by its name.
     urls:     key -> URL overrides.
+    checksums: a checksum list (see read_checksum_list) whose checksums replace the
+              published ones of the files it names.
     """
 
     def __init__(self, downloads, archives=(), mirror=None, urls=None, sources=SOURCES,
-                 attempts=4, retry_wait=2.0, out=None):
+                 attempts=4, retry_wait=2.0, out=None, checksums=None):
         self.downloads = Path(downloads)
         self.archives = [Path(folder) for folder in archives]
         self.mirror = mirror or os.environ.get('FCN_DATA_MIRROR')
@@ -109,9 +146,11 @@ class Fetcher:
         if unknown:
             raise FetchError('--url names unknown source {!r} (known: {})'.format(
                 unknown[0], ', '.join(sorted(sources))))
-        self.sources = sources
         self.attempts, self.retry_wait = attempts, retry_wait
         self.out = out or sys.stdout
+        self.checksum_list = checksums or os.environ.get('FCN_CHECKSUMS')
+        self.declared = read_checksum_list(self.checksum_list) if self.checksum_list else {}
+        self.sources = with_declared_checksums(sources, self.declared)
 
     def say(self, message):
         print(message, file=self.out, flush=True)
@@ -185,10 +224,14 @@ class Fetcher:
     def check(self, source, path):
         """('' if path is a genuine copy of source, else what is wrong with it; its
         digests). Without published or recorded checksums any complete copy passes."""
-        self.say('verifying {} ...'.format(path))
+        declared = source.filename in self.declared
+        self.say('verifying {}{} ...'.format(path, ' against the checksums declared in {}, not '
+                                             'the published ones'.format(self.checksum_list)
+                                             if declared else ''))
         found = digests(path)
         expected, record = self.expected(source)
-        origin = '' if record is None else ' as recorded in {}'.format(record)
+        origin = ' as declared in {}'.format(self.checksum_list) if declared else \
+            '' if record is None else ' as recorded in {}'.format(record)
         return mismatches(expected, found, origin), found
 
     def accept(self, source, path, found, origin):

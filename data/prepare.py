@@ -21,8 +21,9 @@ Results (the layers' layouts, see layers/*.py):
 and a stamp downloads/<dataset>.prepared that the Make targets depend on.
 
 --weights NET fetches the caffemodel published for a net of the model table: an ILSVRC
-classifier into weights/<file>, a released FCN into weights/released/<file> (the net may
-also be named by that file, as the Makefile's rules do). The same overrides apply.
+classifier into weights/<file>, a released FCN into weights/released/<file>; named by a
+path ending in its published file name (as the Makefile's rules do), it is fetched to that
+path. The same overrides apply.
 """
 import argparse
 import json
@@ -240,22 +241,27 @@ def prepare(dataset, root, fetcher):
 ALL_SOURCES = {**SOURCES, **published.SOURCES}
 
 
-def weights_net(text):
-    """The net of the weights table that `text` names: the net itself, or its weights file
-    (weights/released/fcn8s-heavy-pascal.caffemodel, as make asks for it)."""
+def weights_target(text):
+    """(net, destination) of what --weights `text` names: a net of the weights table,
+    fetched to its place (weights/<file>, weights/released/<file>), or a file named as a
+    published file, fetched there (as make asks for weights/released/<file>, or for the
+    classifiers in another CLASSIFIER_DIR)."""
     if text in published.WEIGHTS:
-        return text
-    for name in published.WEIGHTS:
-        if Path(text).resolve() == published.local_path(name).resolve():
-            return name
+        return text, published.local_path(text)
+    for name, source in published.WEIGHTS.items():
+        if Path(text).name == source.filename:
+            return name, Path(text)
     raise PrepareError('{!r} names no published weights; nets: {}; files: weights/<file> '
                        '(see --list)'.format(text, ', '.join(published.WEIGHTS)))
 
 
-def fetch_weights(name, archives=(), mirror=None, urls=None, out=None):
-    """A verified copy of the weights published for net `name` at its local path."""
-    destination = published.local_path(name)
-    fetcher = Fetcher(destination.parent, archives, mirror, urls, sources=ALL_SOURCES, out=out)
+def fetch_weights(name, archives=(), mirror=None, urls=None, out=None, destination=None,
+                  checksums=None):
+    """A verified copy of the weights published for net `name` at `destination` (default:
+    its place under weights/)."""
+    destination = Path(destination or published.local_path(name))
+    fetcher = Fetcher(destination.parent, archives, mirror, urls, sources=ALL_SOURCES, out=out,
+                      checksums=checksums)
     place(fetcher, published.WEIGHTS[name].key, destination)
     fetcher.say('{}: {}'.format(name, destination))
     return destination
@@ -293,12 +299,14 @@ def main(argv=None):
         description='Download, verify, unpack and split the FCN datasets; fetch the '
                     'published weights.',
         epilog='Environment: FCN_DATA_DIR (data root), FCN_DATA_MIRROR (as --mirror), '
-               'FCN_ARCHIVES (as --archives, colon-separated), FCN_URL_<KEY> (as --url).')
+               'FCN_ARCHIVES (as --archives, colon-separated), FCN_URL_<KEY> (as --url), '
+               'FCN_CHECKSUMS (as --checksums).')
     parser.add_argument('dataset', nargs='?', choices=sorted(DATASETS),
                         help='the dataset to prepare')
     parser.add_argument('--weights', nargs='+', metavar='NET',
                         help='fetch the published weights of these nets instead (a net of '
-                             'the model table or its weights file; see --list)')
+                             'the model table, or a path ending in its published file name: '
+                             'fetched there; see --list)')
     parser.add_argument('--data-dir', type=Path, default=None, metavar='DIR',
                         help='data root (default: $FCN_DATA_DIR, else <repo>/data)')
     parser.add_argument('--archives', type=Path, action='append', default=[], metavar='DIR',
@@ -308,6 +316,11 @@ def main(argv=None):
                         help='base URL serving every archive and weights file by its file name')
     parser.add_argument('--url', type=parse_url_override, action='append', default=[],
                         metavar='KEY=URL', help='the URL of one source (keys: see --list)')
+    parser.add_argument('--checksums', type=Path, metavar='FILE',
+                        help='verify the files this list names (lines "<md5, sha1 or sha256>  '
+                             '<file name>", as md5sum/sha1sum/sha256sum print them) against its '
+                             'checksums instead of the published ones: for copies of your own '
+                             'making')
     parser.add_argument('--list', action='store_true', help='list the sources and exit')
     args = parser.parse_args(argv)
     if args.list:
@@ -320,11 +333,12 @@ def main(argv=None):
     archives = args.archives + [Path(folder) for folder in
                                 os.environ.get('FCN_ARCHIVES', '').split(os.pathsep) if folder]
     try:
-        for name in [weights_net(text) for text in args.weights or ()]:
-            fetch_weights(name, archives, args.mirror, dict(args.url))
+        for name, destination in [weights_target(text) for text in args.weights or ()]:
+            fetch_weights(name, archives, args.mirror, dict(args.url), destination=destination,
+                          checksums=args.checksums)
         if args.dataset:
             fetcher = Fetcher(root / 'downloads', archives, args.mirror, dict(args.url),
-                              sources=ALL_SOURCES)
+                              sources=ALL_SOURCES, checksums=args.checksums)
             prepare(args.dataset, root, fetcher)
     except (FetchError, ExtractError, PrepareError) as error:
         print('error: {}'.format(error), file=sys.stderr)

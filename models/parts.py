@@ -40,7 +40,7 @@ SOLVER_DEFAULTS = dict(
 # solver.prototxt lists the fields in this order (protobuf would print them by number).
 SOLVER_ORDER = ('train_net', 'test_net', 'test_iter', 'test_interval', 'test_initialization',
                 'display', 'average_loss', 'type', 'lr_policy', 'base_lr', 'momentum', 'iter_size',
-                'max_iter', 'weight_decay', 'snapshot', 'snapshot_prefix')
+                'max_iter', 'weight_decay', 'snapshot', 'snapshot_prefix', 'random_seed')
 SOLVER_COMMENTS = {
     'test_interval': 'the test net is set up but never run by the solver: evaluation runs '
                      'from Python between solver steps',
@@ -275,6 +275,8 @@ def solver(spec):
         message.snapshot_prefix = 'snapshot/train'
     if spec.solver_type != 'SGD':  # the reference solvers leave Caffe's default unwritten
         message.type = spec.solver_type
+    if spec.random_seed is not None:
+        message.random_seed = spec.random_seed
     # A SolverParameter prints one "field: value" line per field (none is a message).
     text = ''
     for line in sorted(str(message).splitlines(),

@@ -68,6 +68,8 @@ class ModelSpec:
                 starts from (late fusion: the reference took the colour net at 28000
                 and the HHA net at 60000); empty: their final weights
     solver_type Caffe's solver: 'SGD' (with momentum) for every reference net
+    random_seed the solver's random_seed (weight fillers, dropout), or None for Caffe's
+                clock-seeded default, as in the reference solvers
     task        'segmentation' (an FCN) | 'classification' (a classifier to transplant from)
     width       multiplier of every body convolution's outputs (the toy nets are narrow)
     modalities  NYUD inputs the data layer loads (its `tops`), in order; empty elsewhere
@@ -118,6 +120,7 @@ class ModelSpec:
     iterations: int | None = None
     test_every: int = 4000
     init_snapshots: tuple = ()
+    random_seed: int | None = None
     fresh_scores: bool = False
 
 
@@ -246,7 +249,7 @@ TOY_CLASSES = 6  # background + 5 hues; the classifier uses the same ids (0 neve
 TOY_MEAN = (128.0, 128.0, 128.0)
 TOY = dict(dataset='toy', body='vgg16', width=TOY_WIDTH, fc6_kernel=4,
            train_split='train', val_split='val', normalize_loss=True, solver_type='Adam',
-           momentum=0.9, iter_size=1, snapshot=500, test_every=500)
+           momentum=0.9, iter_size=1, snapshot=500, test_every=500, random_seed=1337)
 TOY_SEG_LAYER = data_layer('layers.voc.VOCSegDataLayer', voc_dir='toy', mean=TOY_MEAN)
 TOY_FCN = dict(
     **TOY, heads=(Head('score', 'label', TOY_CLASSES),), val_size=120,

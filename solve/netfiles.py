@@ -12,9 +12,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-# Glog's start-up chatter (every layer's set-up) is off unless asked for; it is read when
-# Caffe is first imported, and every tool imports this module first.
-os.environ.setdefault('GLOG_minloglevel', '2')
+# Caffe's environment (quiet glog, how its threads wait) is read when Caffe is first
+# imported; every tool imports this module first, and this module sets it.
+import caffe_env  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / 'models'

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+import caffemodel
 import viz
 from netfiles import UsageError
 
@@ -176,13 +177,6 @@ def expand_score(new_net, new_layer, old_net, old_layer):
         new.data[:classes] = old.data
 
 
-def _blob_shape(blob):
-    """A BlobProto's shape; old files give num, channels, height, width instead."""
-    if blob.HasField('shape'):
-        return tuple(blob.shape.dim)
-    return (blob.num, blob.channels, blob.height, blob.width)
-
-
 def _shapes_match(file_shape, net_shape):
     """Caffe's rule: an old 4-D shape matches a net shape padded to 4-D with leading 1s."""
     if len(file_shape) == 4 and len(net_shape) < 4:
@@ -208,67 +202,58 @@ def load_weights(net, path, suffix='', fresh_scores=False):
     TransplantReport (`dropped`: file layers the net does not have).
     """
     path = Path(path)
-    source = read_caffemodel(path)
-    # (field, index) of every layer with parameters; `layers` are old files' V1 layers.
-    layers = [(kind, index) for kind in ('layer', 'layers')
-              for index, layer in enumerate(getattr(source, kind)) if layer.blobs]
+    layers = [layer for layer in read_caffemodel(path) if layer.shapes]
     report = TransplantReport()
-    kept = set()
-    for kind, index in layers:
-        layer = getattr(source, kind)[index]
+    copied, coerced = [], []
+    for layer in layers:
         target = layer.name + suffix
         if target not in net.params:
             report.dropped.append(layer.name)
             continue
-        blobs = net.params[target]
         try:
-            how = take(report, target, [_blob_shape(blob) for blob in layer.blobs],
-                       [param.data.shape for param in blobs], fresh_scores)
+            how = take(report, target, layer.shapes,
+                       [param.data.shape for param in net.params[target]], fresh_scores)
         except SurgeryError as e:
             raise SurgeryError(f'{path}: {e}') from e
-        if how is None:
-            continue
-        if how == 'coerce':
-            for blob, param in zip(layer.blobs, blobs):
-                for legacy in ('num', 'channels', 'height', 'width'):
-                    blob.ClearField(legacy)
-                blob.shape.dim[:] = param.data.shape
-        layer.name = target
-        kept.add((kind, index))
-    if not kept:
+        if how == 'copy':
+            copied.append(layer)
+        elif how == 'coerce':
+            coerced.append(layer)
+    if not copied and not coerced:
         raise SurgeryError(f'no layer of {path} matches a layer of the net by name'
                            + (f' with the suffix {suffix!r}' if suffix else ''))
     taken = set(report.copied + report.coerced + report.reinitialised)
     report.initialised = [name for name in net.params if name not in taken]
-    if not suffix and not report.coerced and len(kept) == len(layers) - len(report.dropped):
+    if copied and not suffix and len(copied) == len(layers) - len(report.dropped):
         net.copy_from(str(path))
-        return report
-    adjusted_net = type(source)()
-    for kind in ('layer', 'layers'):
-        getattr(adjusted_net, kind).extend(
-            layer for index, layer in enumerate(getattr(source, kind)) if (kind, index) in kept)
-    fd, adjusted = tempfile.mkstemp(suffix='.caffemodel')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(adjusted_net.SerializeToString())
-        net.copy_from(adjusted)
-    finally:
-        os.unlink(adjusted)
+    elif copied:
+        fd, adjusted = tempfile.mkstemp(suffix='.caffemodel')
+        os.close(fd)
+        try:
+            caffemodel.write_layers(path, adjusted, keep={layer.name for layer in copied},
+                                    rename={layer.name: layer.name + suffix
+                                            for layer in copied} if suffix else None)
+            net.copy_from(adjusted)
+        finally:
+            os.unlink(adjusted)
+    for layer in coerced:  # Caffe would refuse their shapes: reshaped here, one by one
+        from caffe.io import blobproto_to_array
+        for blob, param in zip(caffemodel.parse_layer(path, layer).blobs,
+                               net.params[layer.name + suffix]):
+            param.data[...] = blobproto_to_array(blob).reshape(param.data.shape)
     return report
 
 
 def read_caffemodel(path):
-    """A caffemodel's NetParameter, or a SurgeryError naming the file."""
-    from caffe.proto import caffe_pb2
+    """A caffemodel's layers (caffemodel.LayerRecord: names and blob shapes, not the
+    weights), or a SurgeryError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SurgeryError(f'weights file {path} does not exist')
-    source = caffe_pb2.NetParameter()
     try:
-        source.ParseFromString(path.read_bytes())
-    except Exception as e:  # protobuf's DecodeError, without importing its module path
-        raise SurgeryError(f'{path} is not a Caffe weights file ({e})') from e
-    return source
+        return caffemodel.read_layers(path)
+    except caffemodel.CaffemodelError as e:
+        raise SurgeryError(str(e)) from e
 
 
 def widen_input(net, layer, path, source_layer):
@@ -281,10 +266,11 @@ def widen_input(net, layer, path, source_layer):
     ReLU passes no gradient at zero, and the net never learns from its input.
     """
     from caffe.io import blobproto_to_array
-    found = [entry for entry in read_caffemodel(path).layer if entry.name == source_layer]
+    found = [record for record in read_caffemodel(path) if record.name == source_layer]
     if not found:
         raise SurgeryError(f'{path} has no layer {source_layer} to initialise {layer} from')
-    weights, bias = (blobproto_to_array(blob) for blob in found[0].blobs)
+    weights, bias = (blobproto_to_array(blob)
+                     for blob in caffemodel.parse_layer(path, found[0]).blobs)
     target = net.params[layer][0].data
     channels = weights.shape[1]
     if target.shape[0] != weights.shape[0] or target.shape[2:] != weights.shape[2:] \
@@ -327,16 +313,13 @@ def single_image_net(prototxt, spatial=None):
 
 def save_layers(net, path, keep):
     """Save only the layers named in `keep` as a caffemodel, atomically."""
-    from caffe.proto import caffe_pb2
-
     def save(tmp):
-        net.save(str(tmp))
-        full = caffe_pb2.NetParameter()
-        full.ParseFromString(Path(tmp).read_bytes())
-        kept = [layer for layer in full.layer if layer.name in keep]
-        del full.layer[:]
-        full.layer.extend(kept)
-        Path(tmp).write_bytes(full.SerializeToString())
+        whole = Path(tmp).with_name(Path(tmp).name + '.all')
+        try:
+            net.save(str(whole))
+            caffemodel.write_layers(whole, tmp, keep=set(keep))
+        finally:
+            whole.unlink(missing_ok=True)
 
     viz.atomic_save(path, save)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+import caffemodel
 import netfiles
 import score
 import surgery
@@ -86,31 +87,27 @@ def latest_snapshot(run_dir):
 
 
 def restore(solver, state_path):
-    """Resume from a snapshot; the weights file is found next to the state file."""
-    from caffe.proto import caffe_pb2
+    """Resume from a snapshot; the weights file is found next to the state file (the
+    state names it by its bare file name, see Trainer.snapshot)."""
     state_path = Path(state_path)
     if not state_path.is_file():
         raise UsageError(f'--resume {state_path}: no such snapshot')
-    state = caffe_pb2.SolverState()
-    state.ParseFromString(state_path.read_bytes())
-    weights = state_path.parent / Path(state.learned_net).name
+    try:
+        _, learned_net = caffemodel.read_state(state_path)
+    except caffemodel.CaffemodelError as e:
+        raise UsageError(f'--resume {state_path}: {e}') from e
+    weights = state_path.parent / Path(learned_net).name
     if not weights.is_file():
         raise UsageError(f'{state_path} needs its weights {weights}, which do not exist')
-    state.learned_net = str(weights.resolve())
+    # Caffe opens the state's weights file from the working directory: a copy of the state
+    # names it by its absolute path.
     scratch = state_path.with_name(f'.{state_path.name}.resume{os.getpid()}')
     try:
-        scratch.write_bytes(state.SerializeToString())
+        shutil.copyfile(state_path, scratch)
+        caffemodel.set_learned_net(scratch, weights.resolve())
         solver.restore(str(scratch))
     finally:
         scratch.unlink(missing_ok=True)
-
-
-def parse_weights(path):
-    """A caffemodel's layers, or an error if the file is cut short or not one."""
-    from caffe.proto import caffe_pb2
-    net = caffe_pb2.NetParameter()
-    net.ParseFromString(Path(path).read_bytes())
-    return net
 
 
 # ---- stopping on a signal ------------------------------------------------------------
@@ -447,23 +444,20 @@ class Trainer:
         weights, state = folder / f'{stem}.caffemodel', folder / f'{stem}.solverstate'
         if self.last_snapshot == iteration and weights.is_file() and state.is_file():
             return weights
-        from caffe.proto import caffe_pb2
         scratch = self.run_dir / SCRATCH_DIR
         self.solver.snapshot()
         scratch_weights, scratch_state = scratch / weights.name, scratch / state.name
         try:
-            layers = len(parse_weights(scratch_weights).layer)
-            solver_state = caffe_pb2.SolverState()
-            solver_state.ParseFromString(scratch_state.read_bytes())
-        except Exception as e:
+            layers = len(caffemodel.read_layers(scratch_weights))
+            state_iteration, _ = caffemodel.read_state(scratch_state)
+        except (OSError, caffemodel.CaffemodelError) as e:
             raise RuntimeError(f'the snapshot at iteration {iteration} in {scratch} is '
                                f'unreadable ({e}); is the disk full?') from e
-        if not layers or solver_state.iter != iteration:
+        if not layers or state_iteration != iteration:
             raise RuntimeError(f'the snapshot at iteration {iteration} in {scratch} is '
                                f'incomplete; is the disk full?')
         # The state names its weights by bare file name: found next to it on resume.
-        solver_state.learned_net = weights.name
-        scratch_state.write_bytes(solver_state.SerializeToString())
+        caffemodel.set_learned_net(scratch_state, weights.name)
         folder.mkdir(parents=True, exist_ok=True)
         os.replace(scratch_weights, weights)
         os.replace(scratch_state, state)

@@ -1,11 +1,11 @@
-"""Shared test set-up: quiet glog, and the solve/ scripts importable by their bare names."""
-import os
+"""Shared test set-up: the solve/ scripts importable by their bare names, and Caffe's
+environment (quiet glog, how its threads wait) set as the tools set it."""
 import sys
 from pathlib import Path
-
-os.environ.setdefault('GLOG_minloglevel', '2')
 
 REPO = Path(__file__).resolve().parent.parent
 for path in (REPO, REPO / 'solve'):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+import caffe_env  # noqa: E402,F401  (before any test module imports caffe)

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from PIL import Image
 
 import caffe
 from caffe import layers as L, params as P
-from bench import dataload, nets, report
+import caffe_env
+from bench import __main__ as bench_main, contention, dataload, nets, report
 from bench.__main__ import relative_difference
 from bench.flops import net_flops
 
@@ -216,10 +219,14 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
     folder = write_tiny_model(tmp_path / 'tiny', depth=12)
     out = tmp_path / 'results.json'
     env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
+    # The same OpenBLAS once more, through --blas-dir: the path another BLAS would take.
+    caffe_blas = next(path for path in worker_libraries('caffe') if 'openblas' in path)
+    (tmp_path / 'blas').mkdir()
+    (tmp_path / 'blas' / 'libopenblas.so.0').symlink_to(caffe_blas)
     done = subprocess.run(
         [sys.executable, '-m', 'bench', '--model-dir', str(folder), '--size', '24x20',
          '--rounds', '1', '--parts', 'forward', 'train', '--threads', '1', '--sgemm-size', '256',
-         '--out', str(out)],
+         '--blas-dir', f'again={tmp_path / "blas"}', '--out', str(out)],
         capture_output=True, text=True, env=env, cwd=nets.REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
@@ -231,3 +238,99 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
     assert results['train']['caffe']['gflop'] > results['forward']['caffe']['gflop']
     assert max(results['checks']['forward'].values()) <= 1e-4
     assert 'forward+backward s' in done.stdout
+    again = results['blas']['again']
+    assert again['median_s'] > 0 and again['ratio_to_default'] > 0
+    assert max(results['checks']['caffe@again'].values()) <= 1e-4
+    assert 'BLAS under the same Caffe' in done.stdout
+
+
+def worker_libraries(kind):
+    """The BLAS/OpenMP libraries a framework maps, as the benchmark's worker reports them."""
+    script = (f'import {kind}, json\nfrom bench.worker import loaded_libraries\n'
+              'print(json.dumps(loaded_libraries()))')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          cwd=nets.REPO, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_blas_dir_without_the_library_is_named(tmp_path):
+    with pytest.raises(SystemExit, match='holds no libopenblas.so.0'):
+        bench_main.blas_env({}, tmp_path)
+    (tmp_path / 'libopenblas.so.0').write_text('')
+    assert bench_main.blas_env({'LD_LIBRARY_PATH': '/x'}, tmp_path)['LD_LIBRARY_PATH'] == \
+        f'{tmp_path}:/x'
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def test_busy_process_works_while_the_block_runs_and_stops_after():
+    with contention.busy_process() as process:
+        started, deadline = cpu_seconds(process.pid), time.monotonic() + 30
+        while cpu_seconds(process.pid) - started < 0.2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # a loaded machine gives it a smaller share, but a share
+        assert cpu_seconds(process.pid) - started >= 0.2
+    assert process.poll() is not None
+
+
+def test_busy_process_ends_when_the_benchmark_is_killed():
+    """A benchmark killed midway (no `finally`) leaves no busy process behind."""
+    script = ('import os, sys\nfrom bench import contention\n'
+              'with contention.busy_process() as p:\n'
+              '    print(p.pid, flush=True)\n    os._exit(0)\n')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          cwd=nets.REPO, timeout=60)
+    busy = int(done.stdout)
+    deadline = time.monotonic() + 20
+    while Path(f'/proc/{busy}').exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f'/proc/{busy}').exists()
+
+
+def test_contention_figures_are_medians_of_each_rounds_ratio():
+    samples = {'defaults': {'alone': [1.0, 2.0, 1.0], 'busy': [5.0, 8.0, 7.0]},
+               'project': {'alone': [1.02, 2.2, 1.0], 'busy': [2.0, 3.0, 1.5]}}
+    figures = contention.summarize(samples, 'defaults')
+    assert figures['defaults']['slowdown'] == 5.0  # of 5, 4, 7
+    assert figures['project']['slowdown'] == 1.5   # of 1.96, 1.36, 1.5
+    assert figures['project']['alone_vs_reference'] == 1.02
+    assert figures['project']['busy_vs_reference'] == pytest.approx(0.375)  # 0.4, 0.375, 0.21
+    assert 'alone_vs_reference' not in figures['defaults']
+
+
+def test_thread_envs_give_the_defaults_subject_no_wait_settings():
+    env = {'PATH': '/bin', 'OMP_WAIT_POLICY': 'ACTIVE', 'GOMP_SPINCOUNT': '5',
+           **caffe_env.THREAD_ENV}
+    envs, settings = bench_main.thread_envs(env, {})
+    assert settings == caffe_env.THREAD_ENV
+    assert envs['defaults'] == {'PATH': '/bin'}
+    assert envs['project'] == {'PATH': '/bin', **caffe_env.THREAD_ENV}
+    envs, settings = bench_main.thread_envs(env, {'OMP_WAIT_POLICY': 'PASSIVE'})
+    assert envs['project'] == {'PATH': '/bin', 'OMP_WAIT_POLICY': 'PASSIVE'}
+
+
+def test_the_makefile_sets_the_same_thread_settings_as_the_tools():
+    makefile = (nets.REPO / 'Makefile').read_text()
+    for name, value in caffe_env.THREAD_ENV.items():
+        assert f'export {name} ?= {value}\n' in makefile
+
+
+def test_contention_part_on_a_tiny_net(tmp_path):
+    folder = write_tiny_model(tmp_path / 'tiny', depth=2)
+    out = tmp_path / 'results.json'
+    done = subprocess.run(
+        [sys.executable, '-m', 'bench', '--parts', 'contention', '--rounds', '1',
+         '--contention-model-dir', str(folder), '--contention-size', '24x20',
+         '--contention-iterations', '2', '--thread-env', 'GOMP_SPINCOUNT=7', '--out', str(out)],
+        capture_output=True, text=True, cwd=nets.REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())['contention']
+    assert results['settings'] == {'GOMP_SPINCOUNT': '7'}
+    for subject in ('defaults', 'project'):
+        figures = results['figures'][subject]
+        assert figures['alone_s'] > 0 and figures['busy_s'] > 0
+        assert figures['slowdown'] > 0
+    assert 'GOMP_SPINCOUNT=7' in done.stdout and 'busy/alone' in done.stdout

@@ -102,6 +102,26 @@ def test_recorded_checksums_cover_the_three_debian_files():
     assert all(len(digest) == 64 for digest in names.values())
 
 
+def test_the_blas_choice_is_linked_by_path_and_keyed(monkeypatch):
+    monkeypatch.setattr(build, 'multiarch', lambda: 'x86_64-linux-gnu')
+    keys = set()
+    for blas, (package, library) in build.BLAS_LIBRARIES.items():
+        flags = build.cmake_flags(PYTHON, [], [], blas=blas)
+        assert flags['OpenBLAS_LIB'] == f'/usr/lib/x86_64-linux-gnu/{library}'
+        keys.add(build.build_key('debian:x', flags, PYTHON))
+    assert len(keys) == len(build.BLAS_LIBRARIES)
+    assert build.cmake_flags(PYTHON, [], []) == build.cmake_flags(PYTHON, [], [],
+                                                                   blas=build.DEFAULT_BLAS)
+    # The default shares libgomp's thread pool with Caffe's own OpenMP loops.
+    assert build.BLAS_LIBRARIES[build.DEFAULT_BLAS][0] == 'libopenblas0-openmp'
+
+
+def test_unknown_blas_from_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv('FCN_CAFFE_BLAS', 'atlas')
+    with pytest.raises(SystemExit, match='FCN_CAFFE_BLAS=atlas: expected one of blis, openblas, openblas-pthread'):
+        build.main(['--info', '--no-pth'])
+
+
 # --- the key does not depend on the tools installed ------------------------------------
 
 RUNTIME_IMAGE_TOOLS = ['sh', 'bash', 'make', 'env', 'ls', 'cat', 'dpkg', 'dpkg-query',

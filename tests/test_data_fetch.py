@@ -11,8 +11,9 @@ import pytest
 
 from data.extract import ExtractError, extract, find_root
 from data.fetch import FetchError, Fetcher, place
+from data.fixtures import FileServer
 from data.sources import SOURCES, Source
-from test_data_fixtures import FileServer, tar_with_member
+from test_data_fixtures import tar_with_member
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
 
@@ -194,6 +195,39 @@ def test_place_copies_a_single_file_once(tmp_path, server):
     assert len(server.requests) == 1
 
 
+def test_declared_checksums_replace_the_published_ones_for_the_files_they_name(tmp_path, server,
+                                                                             monkeypatch):
+    """A copy of one's own making (the rehearsal's archives) passes against the checksums
+    its maker declares, and only against those."""
+    listed = tmp_path / 'own.sha256'
+    listed.write_text('# made here\n{}  blob.bin\n{}  blob.bin\n{}  other.bin\n'.format(
+        hashlib.sha256(PAYLOAD).hexdigest(), hashlib.sha1(PAYLOAD).hexdigest(), '0' * 64))
+    recorded = source(md5='0' * 32)  # what upstream published: this copy fails it
+    fetch = fetcher(tmp_path, server, recorded, checksums=listed)
+    assert fetch.fetch('blob').read_bytes() == PAYLOAD
+    assert 'verifying {} against the checksums declared in {}, not the published ' \
+           'ones ...'.format(tmp_path / 'downloads' / 'blob.bin.part', listed) in said(fetch)
+    assert Fetcher(tmp_path / 'x', sources={'blob': recorded}).sources['blob'].md5 == '0' * 32
+
+    # Verification stays on: a copy that differs from the declared checksum is refused.
+    listed.write_text('{} *blob.bin\n'.format(hashlib.md5(b'another file').hexdigest()))
+    monkeypatch.setenv('FCN_CHECKSUMS', str(listed))
+    with pytest.raises(FetchError, match=r'blob.bin fails its checksum twice .*md5 {} '
+                                         r'\(expected {} as declared in {}\)'.format(
+                                             hashlib.md5(PAYLOAD).hexdigest(),
+                                             hashlib.md5(b'another file').hexdigest(), listed)):
+        fetcher(tmp_path / 'again', server, recorded).fetch('blob')
+
+
+def test_a_malformed_checksum_list_names_its_line(tmp_path, server):
+    listed = tmp_path / 'own.md5'
+    listed.write_text('{}  blob.bin\nabc  blob.bin\n'.format('a' * 32))
+    with pytest.raises(FetchError, match=r'own.md5 line 2: expected "<md5, sha1 or sha256 hex digest>'):
+        fetcher(tmp_path, server, checksums=listed)
+    with pytest.raises(FetchError, match='cannot read the checksum list'):
+        fetcher(tmp_path, server, checksums=tmp_path / 'missing.md5')
+
+
 def test_every_recorded_source_is_well_formed():
     for key, recorded in SOURCES.items():
         assert recorded.key == key and recorded.url.endswith('/' + recorded.filename)
@@ -245,6 +279,21 @@ def test_safe_archives_unpack(tmp_path):
     extract(archive, tmp_path / 'out', out=io.StringIO())
     assert (tmp_path / 'out/top/sub/link').read_text() == 'a'
     assert find_root(tmp_path / 'out', ['sub/b.txt', 'a.txt'], 'good.tgz') == tmp_path / 'out/top'
+
+
+@pytest.mark.parametrize('separator', ['/', '\\'])
+def test_zip_members_unpack_into_folders_with_either_separator(tmp_path, separator):
+    """SIFT Flow's zip may name its members Images\\...\\x.jpg, as Windows tools write them."""
+    archive = tmp_path / 'scenes.zip'
+    with zipfile.ZipFile(archive, 'w') as bundle:
+        bundle.writestr(separator.join(['Images', 'scenes', '']), '')
+        bundle.writestr(separator.join(['Images', 'scenes', 'coast.jpg']), 'jpeg bytes')
+        bundle.writestr('TestSet1.txt', 'scenes\\coast.jpg')
+    extract(archive, tmp_path / 'out', out=io.StringIO())
+    assert sorted(str(path.relative_to(tmp_path / 'out')) for path in
+                  (tmp_path / 'out').rglob('*')) == ['Images', 'Images/scenes',
+                                                     'Images/scenes/coast.jpg', 'TestSet1.txt']
+    assert (tmp_path / 'out/Images/scenes/coast.jpg').read_text() == 'jpeg bytes'
 
 
 def test_damaged_and_foreign_files_are_reported(tmp_path):

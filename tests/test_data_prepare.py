@@ -10,13 +10,13 @@ import pytest
 
 from data import prepare as prep
 from data.fetch import Fetcher
-from data.sources import Source
+from data.fixtures import FileServer, write_archives
+from data.sources import SOURCES, Source
 from layers.nyud import NYUDSegDataLayer
 from layers.pascalcontext import PASCALContextSegDataLayer
 from layers.siftflow import SIFTFlowSegDataLayer
 from layers.voc import SBDDSegDataLayer, VOCSegDataLayer
-from test_data_fixtures import (FileServer, context_expected, instantiate, make_context, make_nyud,
-                                make_sbdd, make_siftflow, make_voc, step, tar_folder, zip_folder)
+from test_data_fixtures import context_expected, instantiate, step
 
 MEAN = [104.00699, 116.66877, 122.67892]
 VOC_VAL = ['2008_000001', '2008_000002', '2008_000003', '2008_000004']
@@ -34,31 +34,16 @@ def served(tmp_path_factory):
     """Archives laid out as upstream ships them, and a sources table for them."""
     stage = tmp_path_factory.mktemp('stage')
     served = tmp_path_factory.mktemp('served')
-    truth = {
-        'voc': make_voc(stage / 'VOC2011', {'train': ['2007_000001'], 'val': VOC_VAL}),
-        'sbd': make_sbdd(stage / 'sbd', SBD_SPLITS),
-        'nyud': make_nyud(stage / 'nyud', {'train': ['5001', '5002'], 'val': ['5003'],
-                                           'test': ['5004']}, lists='mat'),
-        'siftflow': make_siftflow(stage / 'sift', SIFT_TEST, SIFT_TRAINVAL,
-                                  unannotated=['highway_bost181']),
-        'context': make_context(stage / 'VOC2010', stage / 'context',
-                                {'train': ['2008_000010'], 'val': ['2008_000011', '2008_000012']}),
-    }
-    shutil.move(stage / 'context' / '59_labels.txt', served / '59_labels.txt')
-    tar_folder(stage / 'VOC2011', served / 'VOCtrainval_25-May-2011.tar', 'TrainVal/VOCdevkit/VOC2011')
-    tar_folder(stage / 'sbd', served / 'benchmark.tgz', 'benchmark_RELEASE/dataset', 'gz')
-    tar_folder(stage / 'nyud', served / 'nyud.tar.gz', 'nyud', 'gz')
-    zip_folder(stage / 'sift', served / 'SiftFlowDataset.zip', 'SiftFlow')
-    tar_folder(stage / 'VOC2010', served / 'VOCtrainval_03-May-2010.tar', 'VOCdevkit/VOC2010')
-    tar_folder(stage / 'context', served / 'trainval.tar.gz', '.', 'gz')
-    names = {'voc2011': 'VOCtrainval_25-May-2011.tar', 'sbd': 'benchmark.tgz',
-             'nyud': 'nyud.tar.gz', 'siftflow': 'SiftFlowDataset.zip',
-             'voc2010': 'VOCtrainval_03-May-2010.tar', 'context': 'trainval.tar.gz',
-             'context59': '59_labels.txt'}
+    truth = write_archives(served, stage, {
+        'voc': {'train': ['2007_000001'], 'val': VOC_VAL}, 'sbd': SBD_SPLITS,
+        'nyud': {'train': ['5001', '5002'], 'val': ['5003'], 'test': ['5004']},
+        'siftflow': {'test': SIFT_TEST, 'trainval': SIFT_TRAINVAL},
+        'context': {'train': ['2008_000010'], 'val': ['2008_000011', '2008_000012']},
+    }, nyud_lists='mat', unannotated=['highway_bost181'])
     # NYUD goes unverified, as upstream publishes no checksum for it.
-    sources = {key: Source(key, name, 'http://upstream.invalid/' + name,
-                           md5=None if key == 'nyud' else md5(served / name))
-               for key, name in names.items()}
+    sources = {key: Source(key, source.filename, 'http://upstream.invalid/' + source.filename,
+                           md5=None if key == 'nyud' else md5(served / source.filename))
+               for key, source in SOURCES.items()}
     return served, sources, truth
 
 

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 import caffe
+from data.fixtures import make_voc
 from layers import base
 from layers.base import DataLayerError, resolve_dir
 from layers.voc import VOCSegDataLayer
-from test_data_fixtures import instantiate, make_voc, net_with_layer, step
+from test_data_fixtures import instantiate, net_with_layer, step
 
 MEAN = [104.00699, 116.66877, 122.67892]
 TRAIN = ['2008_000001', '2008_000002', '2008_000003', '2008_000004', '2008_000005']

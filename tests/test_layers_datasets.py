@@ -5,14 +5,14 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from data.fixtures import SIFTFLOW_SCENES, make_context, make_nyud, make_sbdd, make_siftflow
 from layers import nyud, pascalcontext, siftflow, voc
 from layers.base import DataLayerError
 from layers.nyud import NYUDSegDataLayer
 from layers.pascalcontext import PASCALContextSegDataLayer
 from layers.siftflow import SIFTFlowSegDataLayer
 from layers.voc import SBDDSegDataLayer
-from test_data_fixtures import (SIFTFLOW_SCENES, context_expected, instantiate, make_context,
-                                make_nyud, make_sbdd, make_siftflow, net_with_layer, step)
+from test_data_fixtures import context_expected, instantiate, net_with_layer, step
 
 PASCAL_MEAN = [104.00699, 116.66877, 122.67892]
 

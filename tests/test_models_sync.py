@@ -55,3 +55,10 @@ def test_check_finds_an_edited_file_and_regeneration_restores_it(tmp_path, capsy
     assert generate.main(['--models-dir', str(tmp_path), *names]) == 0
     assert generate.out_of_date(generate.render_all(names), tmp_path) == []
     assert 'offset: 19' in edited.read_text()
+
+
+def test_toy_solvers_fix_the_seed_and_reference_solvers_do_not(files):
+    """The demo is reproducible; the reference solvers stay as released (no random_seed)."""
+    for name, spec in MODELS.items():
+        seeded = 'random_seed: 1337' in files[f'{name}/solver.prototxt']
+        assert seeded == (spec.dataset == 'toy'), name

@@ -23,11 +23,11 @@ import report
 import score
 import viz
 from data import prepare as prep
+from data.fixtures import FileServer, make_voc
 from models import generate, weights as published
 from models.specs import MODELS
 from netfiles import UsageError
 from released_nets import REFERENCE, write_released
-from test_data_fixtures import FileServer, make_voc
 from test_models_nets import with_input_layer
 
 caffe.set_mode_cpu()
@@ -408,4 +408,4 @@ def test_make_rules_fetch_score_and_report_from_the_tables(tmp_path):
     assert 'error: no released weights for nyud-fcn32s-color-d' in refused.stdout
     makefile = (REPO / 'Makefile').read_text()
     for name in published.CLASSIFIERS:  # the surgery rules ask for the table's files
-        assert f' weights/{published.WEIGHTS[name].filename} | caffe' in makefile
+        assert f' $(CLASSIFIER_DIR)/{published.WEIGHTS[name].filename} | caffe' in makefile

@@ -11,7 +11,6 @@ its dataset's real size (the properties do not depend on width); one model per b
 checked again at full width, with classifiers of the real shapes, on a smaller input.
 """
 import json
-import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -32,6 +31,7 @@ import netfiles
 import solve
 import surgery
 import trainer
+from rehearsal import random_net_file
 
 caffe.set_mode_cpu()
 
@@ -196,28 +196,6 @@ def write_nets(folder, spec):
             text = str(with_input_layer(net, spec, (64, 64)))
         (folder / Path(path).name).write_text(text)
     return folder / 'solver.prototxt'
-
-
-def random_weights(net, rng):
-    """He-scaled normal weights, small biases: activations keep their size through depth."""
-    for blobs in net.params.values():
-        weights = blobs[0].data
-        fan_in = max(1, int(np.prod(weights.shape[1:])))
-        weights[...] = rng.standard_normal(weights.shape, dtype=np.float32) \
-            * np.float32(math.sqrt(2 / fan_in))
-        for bias in blobs[1:]:
-            bias.data[...] = rng.normal(0, 0.1, bias.data.shape)
-
-
-def random_net_file(deploy, out, seed):
-    """Random weights for a net's deploy definition; its upsampling bilinear, as training
-    leaves it (fixed)."""
-    net = caffe.Net(str(deploy), caffe.TEST)
-    random_weights(net, np.random.default_rng(seed))
-    surgery.interp(net)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    net.save(str(out))
-    return out
 
 
 # base weights name -> (classifier of BASE_NETS or MODELS, the FCN deploy net surgery targets)
