@@ -143,8 +143,8 @@ def prediction_sheet(runs_dir, toy_dir, path, count):
         truth = viz.read_label_png(Path(toy_dir) / 'SegmentationClass' / f'{image_id}.png')
         tiles = [labelled_tile(rgb, image_id), labelled_tile(viz.PALETTE[truth], 'ground truth')]
         for key, spec, net, input_name, mean in nets:
-            pred, = infer.segment(net, input_name, rgb, mean, spec.heads).values()
-            tiles.append(labelled_tile(viz.PALETTE[pred], key))
+            scores, = infer.segment(net, input_name, rgb, mean, spec.heads).values()
+            tiles.append(labelled_tile(viz.PALETTE[scores.argmax(0)], key))
         rows.append(np.concatenate(tiles, axis=1))
     viz.save_rgb_png(path, np.concatenate(rows, axis=0))
 
