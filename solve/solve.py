@@ -153,6 +153,16 @@ def modality(source, sources):
 
 # ---- the run ---------------------------------------------------------------------------
 
+def run_settings(spec, **settings):
+    """The given Stage settings (None: unset) over the table's: the run length, the
+    validation cadence, and snapshots at the solver's interval or else at each validation."""
+    settings = {key: value for key, value in settings.items() if value is not None}
+    settings.setdefault('iterations', spec.iterations or spec.max_iter)
+    settings.setdefault('test_every', spec.test_every)
+    settings.setdefault('snapshot_every', spec.snapshot or spec.test_every)
+    return settings
+
+
 def stage_for_model(name, run_dir=None, weights=None, resume=None, init_from='reference',
                     **settings):
     """The Stage of a model of the table; `settings` are Stage fields (steps, ...)."""
@@ -161,10 +171,7 @@ def stage_for_model(name, run_dir=None, weights=None, resume=None, init_from='re
     if resume == 'auto':
         resume = latest_snapshot(run_dir)
     names = {h.label: netfiles.class_names(spec, h) for h in spec.heads}
-    settings = {key: value for key, value in settings.items() if value is not None}
-    settings.setdefault('iterations', spec.iterations or spec.max_iter)
-    settings.setdefault('test_every', spec.test_every)
-    settings.setdefault('snapshot_every', spec.snapshot or spec.test_every)
+    settings = run_settings(spec, **settings)
     stage = Stage(name=name, solver=netfiles.model_file(name, 'solver'), run_dir=run_dir,
                   heads=tuple(spec.heads), class_names=names, fresh_scores=spec.fresh_scores,
                   resume=Path(resume) if resume else None, **settings)
@@ -178,7 +185,7 @@ def plan(name, weights=None, init_from='reference', **settings):
     """What training `name` from scratch will do, as plain data: checked by users before
     they spend GPU days, and by the tests against the reference's scripts."""
     spec = netfiles.model_spec(name)
-    settings = {key: value for key, value in settings.items() if value is not None}
+    settings = run_settings(spec, **settings)
     solver = netfiles.read_solver(netfiles.model_file(name, 'solver'))
     if weights is not None:
         init = [{'weights': str(weights), 'iteration': None}]
@@ -189,10 +196,9 @@ def plan(name, weights=None, init_from='reference', **settings):
     from google.protobuf import json_format
     return {
         'model': name,
-        'iterations': (settings.get('steps') or settings.get('iterations')
-                       or spec.iterations or spec.max_iter),
-        'test_every': settings.get('test_every', spec.test_every),
-        'snapshot_every': settings.get('snapshot_every', spec.snapshot or spec.test_every),
+        'iterations': settings.get('steps') or settings['iterations'],
+        'test_every': settings['test_every'],
+        'snapshot_every': settings['snapshot_every'],
         'init': init,
         'widen_input': [{'from': source, 'layer': layer}
                         for source, layer in widened_input(spec, weights)],
