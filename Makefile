@@ -14,9 +14,6 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements-installed
 # Glog's start-up chatter (every layer's set-up) is off unless asked for.
 export GLOG_minloglevel ?= 2
-# Caffe's OpenMP threads give their core back after ~30 us of waiting (solve/caffe_env.py,
-# which the tools set too): for the C++ suite and anything else started here.
-export GOMP_SPINCOUNT ?= 1000
 
 .PHONY: help venv caffe test test-caffe test-caffe-cpp test-project
 

@@ -25,7 +25,8 @@ import numpy as np
 from bench import contention, nets, report
 
 sys.path.append(str(nets.REPO / 'solve'))
-import caffe_env  # noqa: E402  (solve/ holds the tools' modules, imported by bare name)
+import caffe_env  # noqa: E402,F401  (solve/ holds the tools' modules, imported by bare name)
+import cores  # noqa: E402
 
 TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-2
@@ -36,6 +37,8 @@ SEED = 1337
 CONTENTION_MODEL_DIR = nets.REPO / 'models' / 'toy-fcn8s'
 # libgomp's variables for how a waiting thread waits; the defaults subject has none.
 WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')
+# What the project's tools do: fit the thread count to the free cores (cores.py).
+PROJECT_THREAD_SETTINGS = {cores.SWITCH: '1'}
 
 
 def say(message):
@@ -224,11 +227,12 @@ def parse_args(argv):
                              '(default: %(default)s)')
     parser.add_argument('--contention-size', default='128x128', metavar='WxH',
                         help='its input size (default: %(default)s, the toy set\'s)')
-    parser.add_argument('--contention-iterations', type=int, default=20, metavar='N',
+    parser.add_argument('--contention-iterations', type=int, default=200, metavar='N',
                         help='solver iterations per timed run (default: %(default)s)')
     parser.add_argument('--thread-env', action='append', default=[], metavar='NAME=VALUE',
                         help="try another thread setting in place of the project's "
-                             '(solve/caffe_env.py) in the contention part (repeatable)')
+                             '(FCN_ADAPT_THREADS=1, solve/cores.py) in the contention part, '
+                             'e.g. GOMP_SPINCOUNT=1000 (repeatable)')
     parser.add_argument('--blas-dir', action='append', default=[], metavar='NAME=DIR',
                         help="also time Caffe's forward with another BLAS under the same "
                              'binary: DIR holds a libopenblas.so.0 (a link to that library) '
@@ -413,17 +417,17 @@ def measure_data(args, config, env, train):
 
 
 def library_defaults(env):
-    """`env` without any setting of how threads wait: the libraries' own behaviour."""
-    return {name: value for name, value in env.items()
-            if name not in (*WAIT_VARIABLES, *caffe_env.THREAD_ENV)}
+    """`env` without any setting of how threads wait and with the thread count left
+    alone (cores.py off): the libraries' own behaviour."""
+    plain = {name: value for name, value in env.items() if name not in WAIT_VARIABLES}
+    return {**plain, cores.SWITCH: '0'}
 
 
 def thread_envs(env, overrides):
     """The environments of the contention part's two subjects, the project's thread settings
     (or `overrides` in their place) and the libraries' defaults; and those settings."""
-    settings = overrides or caffe_env.THREAD_ENV
-    defaults = {name: value for name, value in library_defaults(env).items()
-                if name not in settings}
+    settings = overrides or PROJECT_THREAD_SETTINGS
+    defaults = library_defaults(env)
     return {'project': {**defaults, **settings}, 'defaults': defaults}, settings
 
 

@@ -117,6 +117,9 @@ def contention_table(contention):
     project = figures['project']
     lines.append(f"project settings against defaults: alone {project['alone_vs_reference']:.3f}, "
                  f"busy {project['busy_vs_reference']:.3f} (medians of each round's ratio)")
+    runs = contention['iterations'] * len(project['alone_samples_s'])
+    lines.append(f"iterations on fewer threads (project): alone {project['fewer_threads_alone']} "
+                 f"of {runs}, busy {project['fewer_threads_busy']} of {runs}")
     return '\n'.join(lines)
 
 

@@ -20,6 +20,9 @@ import numpy as np
 from bench import nets
 from bench.flops import net_flops
 
+sys.path.append(str(nets.REPO / 'solve'))
+import cores  # noqa: E402  (solve/ holds the tools' modules, imported by bare name)
+
 # Gradients of the (few) parameter blobs of at most this many values are compared: all of
 # them but fc6/fc7's weights, which would only make the dumps big.
 CHECKED_GRADIENT_SIZE = 4 << 20
@@ -175,7 +178,9 @@ class CaffeForward(CaffeSubject):
 
 class CaffeTrain(CaffeSubject):
     """Solver iterations (forward, backward, update) of the input-fed training net: one,
-    or the config's `iterations`."""
+    or the config's `iterations`, stepped one at a time with the thread count fitted
+    between them as the trainer does (cores.py; a no-op under FCN_ADAPT_THREADS=0). Each
+    run starts like a new training, at the libraries' own thread count."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -188,7 +193,17 @@ class CaffeTrain(CaffeSubject):
         self.load(self.solver.net)
 
     def run(self):
-        self.solver.step(self.config.get('iterations', 1))
+        cores.restart()
+        self.fewer = 0
+        for _ in range(self.config.get('iterations', 1)):
+            threads = cores.adapt()
+            if threads is not None and threads < cores.share().most:
+                self.fewer += 1
+            self.solver.step(1)
+
+    def fewer_threads(self):
+        """Iterations of the last run that ran on fewer threads than the libraries' own."""
+        return self.fewer
 
     def info(self):
         info = super().info()

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import cores
 from netfiles import UsageError
 
 
@@ -130,9 +131,13 @@ def check_shared_memory(gpus, shm='/dev/shm', minimum=SHARED_MEMORY_MINIMUM):
 
 
 def select_device(args):
-    """Put Caffe in the mode the flags ask for; the checks run first."""
+    """Put Caffe in the mode the flags ask for; the checks run first. On a GPU, Caffe's
+    CPU threads do not compute: their count is not fitted (cores.py), in this process or
+    the ones it starts."""
     import caffe
     gpus = getattr(args, 'gpus', None)
+    if gpus or args.gpu is not None:
+        os.environ[cores.SWITCH] = '0'
     if gpus:
         check_gpus(gpus, need_nccl=True)
         check_shared_memory(gpus)

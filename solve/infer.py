@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+import cores
 import netfiles
 import viz
 from netfiles import UsageError
@@ -169,6 +170,7 @@ def infer_files(net, heads, mean, paths, out_dir, class_names=None, probabilitie
     progress = Progress(len(paths), label)
     for path in paths:
         rgb = read_rgb(path)
+        cores.adapt()
         scores = segment(net, input_name, rgb, mean, heads, max_side)
         for head in heads:
             head_scores = scores[head.label]

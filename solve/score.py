@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cores
 import netfiles
 import viz
 from netfiles import UsageError
@@ -173,6 +174,7 @@ def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score',
     hists = {head.label: ConfusionMatrix(head.num_classes) for head in heads}
     progress = Progress(end - start * batch, label)
     for first in range(start * batch, end, batch):
+        cores.adapt()
         net.forward()
         count = min(batch, end - first)
         for head in heads:

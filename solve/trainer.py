@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import caffemodel
+import cores
 import netfiles
 import score
 import surgery
@@ -371,6 +372,7 @@ class Trainer:
         net = self.solver.net
         started, started_iter = time.monotonic(), self.solver.iter
         while self.solver.iter < target:
+            self.fit_threads()
             try:
                 self.solver.step(1)
             except Diverged as e:
@@ -403,6 +405,17 @@ class Trainer:
             self.say(f'final weights: {final}')
             self.finish_logs()
         return True
+
+    def fit_threads(self):
+        """Caffe's thread count, fitted to the cores other programs leave (cores.py); said
+        when it changes, since it changes the speed."""
+        share = cores.share()
+        if share is None:
+            return
+        before = share.threads
+        if share.adapt() != before:
+            self.say(f'{share.threads} of {share.most} threads: other programs keep '
+                     f'{share.others:.1f} cores busy')
 
     def diverged(self, error):
         """Stop without snapshotting the diverged weights, naming the last good snapshot."""

@@ -1,5 +1,5 @@
 """Shared test set-up: the solve/ scripts importable by their bare names, and Caffe's
-environment (quiet glog, how its threads wait) set as the tools set it."""
+environment (quiet glog) set as the tools set it."""
 import sys
 from pathlib import Path
 

@@ -291,9 +291,13 @@ def test_busy_process_ends_when_the_benchmark_is_killed():
 
 
 def test_contention_figures_are_medians_of_each_rounds_ratio():
-    samples = {'defaults': {'alone': [1.0, 2.0, 1.0], 'busy': [5.0, 8.0, 7.0]},
-               'project': {'alone': [1.02, 2.2, 1.0], 'busy': [2.0, 3.0, 1.5]}}
+    samples = {'defaults': {'alone': [1.0, 2.0, 1.0], 'busy': [5.0, 8.0, 7.0],
+                            'alone_fewer': [0, 0, 0], 'busy_fewer': [0, 0, 0]},
+               'project': {'alone': [1.02, 2.2, 1.0], 'busy': [2.0, 3.0, 1.5],
+                           'alone_fewer': [0, 2, 0], 'busy_fewer': [9, 10, 8]}}
     figures = contention.summarize(samples, 'defaults')
+    assert figures['project']['fewer_threads_alone'] == 2
+    assert figures['project']['fewer_threads_busy'] == 27
     assert figures['defaults']['slowdown'] == 5.0  # of 5, 4, 7
     assert figures['project']['slowdown'] == 1.5   # of 1.96, 1.36, 1.5
     assert figures['project']['alone_vs_reference'] == 1.02
@@ -301,20 +305,22 @@ def test_contention_figures_are_medians_of_each_rounds_ratio():
     assert 'alone_vs_reference' not in figures['defaults']
 
 
-def test_thread_envs_give_the_defaults_subject_no_wait_settings():
+def test_thread_envs_give_the_defaults_subject_no_wait_settings_and_no_fitting():
     env = {'PATH': '/bin', 'OMP_WAIT_POLICY': 'ACTIVE', 'GOMP_SPINCOUNT': '5',
-           **caffe_env.THREAD_ENV}
+           'FCN_ADAPT_THREADS': '1'}
     envs, settings = bench_main.thread_envs(env, {})
-    assert settings == caffe_env.THREAD_ENV
-    assert envs['defaults'] == {'PATH': '/bin'}
-    assert envs['project'] == {'PATH': '/bin', **caffe_env.THREAD_ENV}
-    envs, settings = bench_main.thread_envs(env, {'OMP_WAIT_POLICY': 'PASSIVE'})
-    assert envs['project'] == {'PATH': '/bin', 'OMP_WAIT_POLICY': 'PASSIVE'}
+    assert settings == {'FCN_ADAPT_THREADS': '1'}
+    assert envs['defaults'] == {'PATH': '/bin', 'FCN_ADAPT_THREADS': '0'}
+    assert envs['project'] == {'PATH': '/bin', 'FCN_ADAPT_THREADS': '1'}
+    # Another setting in place of the project's: the fitting stays off unless asked for.
+    envs, settings = bench_main.thread_envs(env, {'GOMP_SPINCOUNT': '1000'})
+    assert envs['project'] == {'PATH': '/bin', 'FCN_ADAPT_THREADS': '0',
+                               'GOMP_SPINCOUNT': '1000'}
 
 
-def test_the_makefile_sets_the_same_thread_settings_as_the_tools():
+def test_the_makefile_exports_the_same_caffe_environment_as_the_tools():
     makefile = (nets.REPO / 'Makefile').read_text()
-    for name, value in caffe_env.THREAD_ENV.items():
+    for name, value in caffe_env.CAFFE_ENV.items():
         assert f'export {name} ?= {value}\n' in makefile
 
 
@@ -334,3 +340,25 @@ def test_contention_part_on_a_tiny_net(tmp_path):
         assert figures['alone_s'] > 0 and figures['busy_s'] > 0
         assert figures['slowdown'] > 0
     assert 'GOMP_SPINCOUNT=7' in done.stdout and 'busy/alone' in done.stdout
+
+
+def test_contention_part_fits_the_project_subjects_threads_beside_the_busy_process(tmp_path):
+    """The project's subject steps as the trainer does: beside the busy process it drops to
+    the free core, the defaults' subject never does; alone neither runs on fewer threads
+    than the machine's cores (unless something else here kept a core busy)."""
+    folder = write_tiny_model(tmp_path / 'tiny', depth=2)
+    out = tmp_path / 'results.json'
+    done = subprocess.run(
+        [sys.executable, '-m', 'bench', '--parts', 'contention', '--rounds', '1',
+         '--contention-model-dir', str(folder), '--contention-size', '64x64',
+         '--contention-iterations', '600', '--out', str(out)],
+        capture_output=True, text=True, cwd=nets.REPO, timeout=300,
+        env={**os.environ, 'OMP_NUM_THREADS': '2'})
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())['contention']
+    assert results['settings'] == {'FCN_ADAPT_THREADS': '1'}
+    figures = results['figures']
+    assert figures['defaults']['fewer_threads_alone'] == 0
+    assert figures['defaults']['fewer_threads_busy'] == 0
+    assert figures['project']['fewer_threads_busy'] > 0
+    assert 'iterations on fewer threads (project)' in done.stdout
