@@ -4,11 +4,11 @@ Every Caffe layer on the CPU is one or more OpenMP parallel regions (the patched
 im2col/col2im loops, and the OpenMP OpenBLAS in the same libgomp pool), split evenly
 between the threads. Between regions, libgomp's threads spin for about 8 ms before they
 sleep. Alone, that spinning is what makes the many short regions of a small net cheap:
-telling the threads to sleep sooner (GOMP_SPINCOUNT=1000) cost the toy FCN 10-20% alone.
+telling the threads to sleep sooner (GOMP_SPINCOUNT=1000) cost the toy FCN 8-20% alone.
 Beside one other busy process on a 2-core machine, though, the spinning thread holds a
 core the other thread or the other program needs, and every region waits for whichever
 thread was descheduled: training ran 5-7x slower than alone. One thread beside that
-process ran 1.5-1.7x slower than two threads alone (BENCHMARKS.md).
+process ran 1.2-1.7x slower than two threads alone (BENCHMARKS.md).
 
 So the training and scoring loops call `adapt()` once per iteration or image. Every half
 second it measures how many cores other programs kept busy (the CPU time /proc/stat counts
