@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import caffe
-from caffe import layers as L
+from caffe import layers as L, params as P
 
 # (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation, group): FCN's 3x3 and
 # pad-100 convolutions, fc6's 7x7, 1x1 scores, strided and dilated and grouped variants.
@@ -133,6 +133,41 @@ def test_convolution_of_a_larger_image_matches_direct_computation(tmp_path, geom
     assert_convolution_matches_reference(net, geometry, seed=2)
 
 
+# Tall images take the tiled forward path (cpu-tiled-forward.patch) at two threads: at
+# 1200 x 100, 16 channels and a 3x3 kernel, a tile of 2^20 column values holds 72 output
+# rows, so the layer has 17 tiles (the grouped, strided geometry: 5), at least the two per
+# thread that the patch asks for, and the weights are far below a quarter of a tile.
+TALL = dict(channels=16, height=1200, width=100)
+
+
+@pytest.fixture
+def two_threads():
+    """Caffe on two threads whatever the machine's cores, then back to its default."""
+    import cores
+    cores.ThreadSetter()(2)
+    yield
+    cores.ThreadSetter()(cores.default_threads())
+
+
+@pytest.mark.parametrize('geometry', [GEOMETRIES[0], GEOMETRIES[-1]])
+def test_tiled_convolution_matches_direct_computation(tmp_path, geometry, two_threads):
+    net = conv_net(tmp_path / 'tall.prototxt', 'Convolution', geometry, **TALL)
+    assert_convolution_matches_reference(net, geometry, seed=3)
+
+
+def test_tiled_deconvolution_input_gradient_matches_direct_computation(tmp_path, two_threads):
+    # A deconvolution's input gradient is the convolution of its output gradient with the
+    # same weights: Caffe computes it with the convolution's forward, tiled here.
+    geometry = DECONV_GEOMETRIES[2]
+    net = conv_net(tmp_path / 'tall-deconv.prototxt', 'Deconvolution', geometry, **TALL)
+    arrays = run_layer(net, np.random.default_rng(4))
+    weight = net.params['out'][0].data.astype(np.float64)
+    zero_bias = np.zeros(arrays['x'].shape[1])
+    dx, _, _ = conv_reference(arrays['dy'], weight, zero_bias, np.zeros(arrays['x'].shape),
+                              geometry, arrays['x'].shape)
+    assert_close(net.blobs['data'].diff, dx)
+
+
 THREADED_RUN = '''
 import json, sys
 from pathlib import Path
@@ -142,7 +177,7 @@ from test_bench_conv import conv_net, run_layer
 arrays = {{}}
 for index, geometry in enumerate(json.loads(sys.argv[1])):
     net = conv_net(Path(sys.argv[2]) / f'{{index}}.prototxt', 'Convolution', geometry,
-                   channels=16, height=40, width=50)
+                   **json.loads(sys.argv[4]))
     run_layer(net, np.random.default_rng(index))
     arrays[f'{{index}}:y'] = net.blobs['out'].data
     arrays[f'{{index}}:dx'] = net.blobs['data'].diff
@@ -151,7 +186,8 @@ np.savez(sys.argv[3], **arrays)
 '''
 
 
-def threaded_runs(tmp_path, blas_folder=None):
+def threaded_runs(tmp_path, blas_folder=None, geometries=GEOMETRIES,
+                  sizes=dict(channels=16, height=40, width=50)):
     """The layers' outputs and gradients with 1 and with 2 OpenMP threads, each run in its
     own process; with `blas_folder`, that OpenBLAS build is loaded instead, on one thread."""
     script = THREADED_RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
@@ -161,11 +197,18 @@ def threaded_runs(tmp_path, blas_folder=None):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), GLOG_minloglevel='2')
         if blas_folder:
             env.update(LD_LIBRARY_PATH=blas_folder, OPENBLAS_NUM_THREADS='1')
-        subprocess.run([sys.executable, '-c', script, json.dumps(GEOMETRIES), str(tmp_path),
-                        str(dump)], check=True, env=env, timeout=120)
+        subprocess.run([sys.executable, '-c', script, json.dumps(geometries), str(tmp_path),
+                        str(dump), json.dumps(sizes)], check=True, env=env, timeout=120)
         dumps.append(np.load(dump))
-    assert len(dumps[0].files) == 3 * len(GEOMETRIES)
+    assert len(dumps[0].files) == 3 * len(geometries)
     return dumps
+
+
+def pthread_openblas():
+    folders = glob.glob('/usr/lib/*/openblas-pthread')
+    if not folders:
+        pytest.skip("Debian's pthread OpenBLAS (libopenblas0-pthread) is not installed")
+    return folders[0]
 
 
 def test_im2col_and_col2im_do_not_depend_on_the_thread_count(tmp_path):
@@ -173,10 +216,16 @@ def test_im2col_and_col2im_do_not_depend_on_the_thread_count(tmp_path):
     # sums in another order; the pthread build, held to one thread, keeps the BLAS fixed
     # so that only Caffe's own loops change with the threads. Large enough for the
     # threaded im2col/col2im path (16 * 9 * 40 * 50 column values).
-    folders = glob.glob('/usr/lib/*/openblas-pthread')
-    if not folders:
-        pytest.skip("Debian's pthread OpenBLAS (libopenblas0-pthread) is not installed")
-    one, two = threaded_runs(tmp_path, folders[0])
+    one, two = threaded_runs(tmp_path, pthread_openblas())
+    for name in one.files:
+        assert np.array_equal(one[name], two[name]), name
+
+
+def test_tiled_forward_does_not_depend_on_the_thread_count(tmp_path):
+    # Tiles are cut the same way at 1 and 2 threads (TALL tiles at both): which thread
+    # computes a tile must not change a bit of it.
+    one, two = threaded_runs(tmp_path, pthread_openblas(), [GEOMETRIES[0], GEOMETRIES[-1]],
+                             TALL)
     for name in one.files:
         assert np.array_equal(one[name], two[name]), name
 
@@ -197,3 +246,50 @@ def test_blas_shares_the_openmp_thread_pool():
     assert openblas, 'no OpenBLAS loaded by pycaffe'
     assert all('openmp' in path for path in openblas), openblas
     assert any(os.path.basename(path).startswith('libgomp') for path in maps)
+
+
+def max_pool_reference(x, kernel, stride, pad, out_shape):
+    """Caffe's max pooling, window by window: the largest value, and the index (h * width +
+    w) of its first occurrence in row-major order; -FLT_MAX and -1 for a window of NaNs."""
+    height, width = x.shape[2:]
+    values = np.full(out_shape, -np.finfo(np.float32).max)
+    indices = np.full(out_shape, -1)
+    for ph in range(out_shape[2]):
+        for pw in range(out_shape[3]):
+            h0, w0 = ph * stride - pad, pw * stride - pad
+            h1, w1 = min(h0 + kernel, height), min(w0 + kernel, width)
+            h0, w0 = max(h0, 0), max(w0, 0)
+            window = x[:, :, h0:h1, w0:w1].reshape(x.shape[0], x.shape[1], -1)
+            for n in range(x.shape[0]):
+                for c in range(x.shape[1]):
+                    flat = window[n, c]
+                    if np.isnan(flat).all():
+                        continue
+                    first = int(np.nanargmax(flat))
+                    values[n, c, ph, pw] = flat[first]
+                    h, w = divmod(first, w1 - w0)
+                    indices[n, c, ph, pw] = (h0 + h) * width + w0 + w
+    return values, indices
+
+
+@pytest.mark.parametrize('kernel, stride, pad', [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
+def test_parallel_max_pooling_matches_direct_computation(tmp_path, kernel, stride, pad,
+                                                         two_threads):
+    # 2 x 16 planes of 60 x 70: enough values for the parallel path (max-pool-parallel.patch).
+    # Values from a few levels, so that windows hold ties (the first maximum counts), and
+    # one window of NaNs, as in a diverged net.
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, 16, 60, 70]))
+    n.out, n.mask = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=kernel, stride=stride,
+                              pad=pad, ntop=2)
+    path = tmp_path / 'pool.prototxt'
+    path.write_text(str(n.to_proto()))
+    net = caffe.Net(str(path), caffe.TEST)
+    x = np.random.default_rng(5).integers(-3, 4, size=(2, 16, 60, 70)).astype(np.float32)
+    x[1, 7, 10:10 + 2 * kernel, 20:20 + 2 * kernel] = np.nan
+    net.blobs['data'].data[...] = x
+    net.forward()
+    values, indices = max_pool_reference(x, kernel, stride, pad, net.blobs['out'].data.shape)
+    assert (indices == -1).any()
+    np.testing.assert_array_equal(net.blobs['out'].data, values.astype(np.float32))
+    np.testing.assert_array_equal(net.blobs['mask'].data, indices)
