@@ -65,6 +65,42 @@ def test_the_toy_chain_runs_short_through_make(tmp_path):
     report = json.loads((runs / 'toy-fcn8s' / 'score.json').read_text())
     assert report['images'] == 2 and report['n_images'] == 2  # one head: metrics at the top
     assert 0 <= report['mean_iu'] <= 1
+    check_prediction_sheet(tmp_path, data / 'toy', runs)
+
+
+def check_prediction_sheet(tmp_path, toy, runs):
+    """The demo's sheet of val predictions: each net's tile is the palette picture of the
+    labels that infer.py, a command of its own, writes for the same image and weights."""
+    import numpy as np
+    from PIL import Image
+    import demo
+    import viz
+    ids = (toy / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()[:2]
+    sheet_path = tmp_path / 'predictions.png'
+    demo.prediction_sheet(runs, toy, sheet_path, count=2)
+    sheet = np.asarray(Image.open(sheet_path).convert('RGB'))
+    side, strip = 128 * demo.SHEET_ZOOM, 14  # the toy scenes are 128 x 128
+    assert sheet.shape == (2 * (strip + side), 5 * side, 3)
+
+    def tile(row, column):
+        top = row * (strip + side) + strip
+        return sheet[top:top + side, column * side:(column + 1) * side][::demo.SHEET_ZOOM,
+                                                                          ::demo.SHEET_ZOOM]
+
+    for row, image_id in enumerate(ids):
+        truth = viz.read_label_png(toy / 'SegmentationClass' / f'{image_id}.png')
+        assert np.array_equal(tile(row, 1), viz.PALETTE[truth])
+    for column, (_, model) in enumerate(demo.STAGES, start=2):
+        out = tmp_path / 'infer' / model
+        done = subprocess.run(
+            [sys.executable, 'solve/infer.py', model, '--cpu',
+             '--weights', str(runs / model / 'final.caffemodel'), '--out', str(out),
+             *[str(toy / 'JPEGImages' / f'{image_id}.jpg') for image_id in ids]],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        for row, image_id in enumerate(ids):
+            labels = viz.read_label_png(out / f'{image_id}.png')
+            assert np.array_equal(tile(row, column), viz.PALETTE[labels]), (model, image_id)
 
 
 @pytest.mark.parametrize('flag', ['--iterations', '--steps'])
