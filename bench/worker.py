@@ -191,6 +191,7 @@ class CaffeTrain(CaffeSubject):
         self.solver = self.caffe.get_solver(str(solver_path))
         self.feed(self.solver.net)
         self.load(self.solver.net)
+        self.fewer = 0
 
     def run(self):
         cores.restart()

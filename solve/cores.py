@@ -18,7 +18,9 @@ the cores left over, at least one and at most the count Caffe would use by itsel
 behaviour runs as it did. FCN_ADAPT_THREADS=0 turns it off.
 
 Where there is one usable core (or OMP_NUM_THREADS=1) there is nothing to fit, and a
-process that sets its thread count itself should turn this off.
+process that sets its thread count itself should turn this off. So should a container
+held to a CPU quota rather than a set of CPUs: there the usable cores are all the host's,
+and so is the busy time /proc/stat counts.
 """
 import ctypes
 import os
