@@ -263,7 +263,8 @@ def parse_size(parser, option, text):
 def main(argv=None):
     args = parse_args(argv)
     files = nets.model_files(args.model_dir)
-    env = dict(os.environ, GLOG_minloglevel=os.environ.get('GLOG_minloglevel', '2'),
+    # os.environ holds Caffe's environment (caffe_env, imported above).
+    env = dict(os.environ,
                PYTHONPATH=os.pathsep.join(filter(None, [str(nets.REPO),
                                                        os.environ.get('PYTHONPATH')])))
     if args.threads:
@@ -445,14 +446,14 @@ def measure_contention(args, env, scratch, results):
               'solver': str(files['solver']), 'inputs': str(inputs),
               'weights': str(folder / 'weights.npz'), 'seed': SEED, 'scratch': str(folder),
               'iterations': args.contention_iterations}
-    np.savez(inputs, data=nets.random_image(width, height, SEED))
+    image = nets.random_image(width, height, SEED)
+    np.savez(inputs, data=image)
     envs, settings = thread_envs(env, args.thread_env)
     # The forward worker writes the random weights and tells the class count.
     forward = Worker('caffe-forward', config, envs['project'])
     classes = next(iter(forward.info()['outputs'].values()))[1]
     forward.close()
-    np.savez(inputs, data=nets.random_image(width, height, SEED),
-             label=nets.random_label(width, height, classes, SEED))
+    np.savez(inputs, data=image, label=nets.random_label(width, height, classes, SEED))
     say(f'timing {args.contention_model_dir.name} training alone and beside a busy process '
         f'({args.contention_iterations} iterations a run), project settings {settings} '
         'against the libraries\' defaults')

@@ -69,22 +69,23 @@ def _loaded(name):
         return None
 
 
+# What sets the thread count, in each library that may be in the process: libgomp (Caffe's
+# loops, and OpenBLAS's OpenMP build, which follows it), and the BLAS builds that keep a
+# count of their own (OpenBLAS's pthread build, BLIS).
+THREAD_SETTERS = (('libgomp.so.1', 'omp_set_num_threads'),
+                  ('libopenblas.so.0', 'openblas_set_num_threads'),
+                  ('libblis.so.4', 'bli_thread_set_num_threads'))
+
+
 class ThreadSetter:
     """Sets the thread count of the OpenMP runtime and of the BLAS Caffe runs on."""
 
     def __init__(self):
         self.calls = []
-        gomp = _loaded('libgomp.so.1')
-        if gomp is not None:
-            self.calls.append(gomp.omp_set_num_threads)
-        # OpenBLAS's OpenMP build follows omp_set_num_threads; its pthread build and BLIS
-        # keep a count of their own.
-        openblas = _loaded('libopenblas.so.0')
-        if openblas is not None:
-            self.calls.append(openblas.openblas_set_num_threads)
-        blis = _loaded('libblis.so.4')
-        if blis is not None:
-            self.calls.append(blis.bli_thread_set_num_threads)
+        for name, function in THREAD_SETTERS:
+            library = _loaded(name)
+            if library is not None:
+                self.calls.append(getattr(library, function))
 
     def __call__(self, count):
         for call in self.calls:
@@ -132,17 +133,13 @@ class CoreShare:
         if self.most <= 1:
             return self.threads
         now = self.clock()
-        if self.window is None:
-            self.window = (now, self.busy(), self.own())
+        if self.window is not None and now - self.window[0] < WINDOW_SECONDS:
             return self.threads
-        started, busy, own = self.window
+        previous, self.window = self.window, (now, self.busy(), self.own())
+        if previous is None or now - previous[0] > STALE_SECONDS:
+            return self.threads
+        (started, busy, own), (_, busy_now, own_now) = previous, self.window
         elapsed = now - started
-        if elapsed < WINDOW_SECONDS:
-            return self.threads
-        busy_now, own_now = self.busy(), self.own()
-        self.window = (now, busy_now, own_now)
-        if elapsed > STALE_SECONDS:
-            return self.threads
         self.others = max(0.0, ((busy_now - busy) / CLOCK_TICKS - (own_now - own)) / elapsed)
         self.change(threads_for(self.others, self.most))
         return self.threads

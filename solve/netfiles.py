@@ -12,8 +12,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-# Caffe's environment (quiet glog, how its threads wait) is read when Caffe is first
-# imported; every tool imports this module first, and this module sets it.
+# Caffe's environment (quiet glog) is read when Caffe is first imported; every tool
+# imports this module first, and this module sets it.
 import caffe_env  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
