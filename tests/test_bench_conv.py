@@ -1,6 +1,6 @@
 """Caffe's CPU (de)convolutions against a direct numpy computation, and bit-for-bit the same
-whatever the number of OpenMP threads: what the performance patches to im2col/col2im and
-the column buffer (BENCHMARKS.md) must keep true.
+whatever the number of OpenMP threads; max pooling and Adam's update against their
+formulas: what the performance patches (caffe-build/patches, BENCHMARKS.md) must keep true.
 """
 
 import glob
@@ -293,3 +293,50 @@ def test_parallel_max_pooling_matches_direct_computation(tmp_path, kernel, strid
     assert (indices == -1).any()
     np.testing.assert_array_equal(net.blobs['out'].data, values.astype(np.float32))
     np.testing.assert_array_equal(net.blobs['mask'].data, indices)
+
+
+def adam_reference(weights, gradients, rate, beta1, beta2, delta, decay):
+    """Adam's updates (Kingma & Ba, with Caffe's weight decay added to the gradient first) at
+    t = 1, 2, ..., in float64."""
+    w = weights.astype(np.float64)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(gradients, 1):
+        correction = np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+        g = g + decay * w
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        w = w - rate * correction * m / (np.sqrt(v) + delta)
+    return w
+
+
+def test_adam_update_matches_the_formula(tmp_path, two_threads):
+    # One blob above the parallel threshold of adam-fused-update.patch (300 x 200 weights)
+    # and one below it (300 biases); three updates, so the moments carry over.
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 200]))
+    n.out = L.InnerProduct(n.data, num_output=300)
+    (tmp_path / 'net.prototxt').write_text(str(n.to_proto()))
+    (tmp_path / 'solver.prototxt').write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\ntype: "Adam"\nbase_lr: 0.001\n'
+        'lr_policy: "fixed"\nmomentum: 0.9\nmomentum2: 0.999\ndelta: 1e-8\n'
+        'weight_decay: 0.0005\nsnapshot_prefix: "unused"\n')
+    solver = caffe.get_solver(str(tmp_path / 'solver.prototxt'))
+    rng = np.random.default_rng(11)
+    blobs = solver.net.params['out']
+    start = [rng.standard_normal(b.data.shape) * 0.01 for b in blobs]
+    gradients = [[rng.standard_normal(b.data.shape) * 10.0 ** rng.integers(-4, 1, b.data.shape)
+                  for _ in range(3)] for b in blobs]
+    for blob, values in zip(blobs, start):
+        blob.data[...] = values
+    for step in range(3):
+        for blob, grads in zip(blobs, gradients):
+            blob.diff[...] = grads[step]
+        solver.apply_update()
+    for blob, values, grads in zip(blobs, start, gradients):
+        expected = adam_reference(values.astype(np.float32), [g.astype(np.float32) for g in grads],
+                                  0.001, 0.9, 0.999, 1e-8, 0.0005)
+        # float32 weights move in steps of their spacing: a few of those is the rounding
+        spacing = np.spacing(np.abs(blob.data).max())
+        moved = blob.data - values.astype(np.float32)
+        np.testing.assert_allclose(moved, expected - values.astype(np.float32), rtol=1e-4,
+                                   atol=4 * spacing)
