@@ -144,9 +144,10 @@ TALL = dict(channels=16, height=1200, width=100)
 def two_threads():
     """Caffe on two threads whatever the machine's cores, then back to its default."""
     import cores
-    cores.ThreadSetter()(2)
+    set_threads = cores.ThreadSetter()
+    set_threads(2)
     yield
-    cores.ThreadSetter()(cores.default_threads())
+    set_threads(cores.default_threads())
 
 
 @pytest.mark.parametrize('geometry', [GEOMETRIES[0], GEOMETRIES[-1]])
@@ -323,8 +324,9 @@ def test_adam_update_matches_the_formula(tmp_path, two_threads):
     solver = caffe.get_solver(str(tmp_path / 'solver.prototxt'))
     rng = np.random.default_rng(11)
     blobs = solver.net.params['out']
-    start = [rng.standard_normal(b.data.shape) * 0.01 for b in blobs]
-    gradients = [[rng.standard_normal(b.data.shape) * 10.0 ** rng.integers(-4, 1, b.data.shape)
+    start = [(rng.standard_normal(b.data.shape) * 0.01).astype(np.float32) for b in blobs]
+    gradients = [[(rng.standard_normal(b.data.shape) *
+                   10.0 ** rng.integers(-4, 1, b.data.shape)).astype(np.float32)
                   for _ in range(3)] for b in blobs]
     for blob, values in zip(blobs, start):
         blob.data[...] = values
@@ -333,10 +335,8 @@ def test_adam_update_matches_the_formula(tmp_path, two_threads):
             blob.diff[...] = grads[step]
         solver.apply_update()
     for blob, values, grads in zip(blobs, start, gradients):
-        expected = adam_reference(values.astype(np.float32), [g.astype(np.float32) for g in grads],
-                                  0.001, 0.9, 0.999, 1e-8, 0.0005)
+        expected = adam_reference(values, grads, 0.001, 0.9, 0.999, 1e-8, 0.0005)
         # float32 weights move in steps of their spacing: a few of those is the rounding
         spacing = np.spacing(np.abs(blob.data).max())
-        moved = blob.data - values.astype(np.float32)
-        np.testing.assert_allclose(moved, expected - values.astype(np.float32), rtol=1e-4,
+        np.testing.assert_allclose(blob.data - values, expected - values, rtol=1e-4,
                                    atol=4 * spacing)
