@@ -1,5 +1,5 @@
 """Caffe's CPU (de)convolutions against a direct numpy computation, and bit-for-bit the same
-whatever the number of OpenMP threads; max pooling and Adam's update against their
+whatever the number of OpenMP threads; max pooling, ReLU and Adam's update against their
 formulas: what the performance patches (caffe-build/patches, BENCHMARKS.md) must keep true.
 """
 
@@ -110,19 +110,28 @@ def test_convolution_matches_direct_computation(tmp_path, geometry):
     assert_convolution_matches_reference(net, geometry, seed=0)
 
 
+def assert_deconvolution_matches_reference(net, geometry, seed):
+    """A deconvolution is the convolution run backwards: for the convolution from the
+    deconvolution's output shape to its input shape, with the same weights, the
+    deconvolution's output is that convolution's input gradient (given the deconvolution's
+    input as output gradient), its input gradient is that convolution's output (of the
+    deconvolution's output gradient), and its weight gradient that convolution's."""
+    arrays = run_layer(net, np.random.default_rng(seed))
+    weight, bias = (blob.data.astype(np.float64) for blob in net.params['out'])
+    zero_bias = np.zeros(arrays['x'].shape[1])
+    _, y, _ = conv_reference(np.zeros(arrays['dy'].shape), weight, zero_bias, arrays['x'],
+                             geometry, arrays['x'].shape)
+    dx, _, dw = conv_reference(arrays['dy'], weight, zero_bias, arrays['x'], geometry,
+                               arrays['x'].shape)
+    assert_close(net.blobs['out'].data, y + bias[None, :, None, None])
+    assert_close(net.blobs['data'].diff, dx)
+    assert_close(net.params['out'][0].diff, dw)
+
+
 @pytest.mark.parametrize('geometry', DECONV_GEOMETRIES)
 def test_deconvolution_matches_direct_computation(tmp_path, geometry):
-    # A deconvolution's forward is the input gradient of the convolution whose input has
-    # the deconvolution's output shape, with the same weights.
     net = conv_net(tmp_path / 'deconv.prototxt', 'Deconvolution', geometry)
-    arrays = run_layer(net, np.random.default_rng(1))
-    weight = net.params['out'][0].data.astype(np.float64)
-    conv_input = np.zeros(net.blobs['out'].data.shape)
-    zero_bias = np.zeros(arrays['x'].shape[1])
-    _, y, _ = conv_reference(conv_input, weight, zero_bias, arrays['x'], geometry,
-                             arrays['x'].shape)
-    y += net.params['out'][1].data[None, :, None, None]
-    assert_close(net.blobs['out'].data, y)
+    assert_deconvolution_matches_reference(net, geometry, seed=1)
 
 
 @pytest.mark.parametrize('geometry', [GEOMETRIES[0], GEOMETRIES[-1]])
@@ -133,10 +142,11 @@ def test_convolution_of_a_larger_image_matches_direct_computation(tmp_path, geom
     assert_convolution_matches_reference(net, geometry, seed=2)
 
 
-# Tall images take the tiled forward path (cpu-tiled-forward.patch) at two threads: at
-# 1200 x 100, 16 channels and a 3x3 kernel, a tile of 2^20 column values holds 72 output
-# rows, so the layer has 17 tiles (the grouped, strided geometry: 5), at least the two per
-# thread that the patch asks for, and the weights are far below a quarter of a tile.
+# Tall images take the tiled paths (cpu-tiled-forward.patch, cpu-tiled-gradients.patch)
+# at two threads: at 1200 x 100, 16 channels and a 3x3 kernel, a tile of 2^20 column
+# values holds 72 output rows, so the layer has 17 tiles (the grouped, strided geometry:
+# 5), at least the two per thread that the patches ask for, and the weights are far below
+# a quarter of a tile. The deconvolution (6 outputs) has 7 tiles of 194 rows.
 TALL = dict(channels=16, height=1200, width=100)
 
 
@@ -156,17 +166,12 @@ def test_tiled_convolution_matches_direct_computation(tmp_path, geometry, two_th
     assert_convolution_matches_reference(net, geometry, seed=3)
 
 
-def test_tiled_deconvolution_input_gradient_matches_direct_computation(tmp_path, two_threads):
-    # A deconvolution's input gradient is the convolution of its output gradient with the
-    # same weights: Caffe computes it with the convolution's forward, tiled here.
-    geometry = DECONV_GEOMETRIES[2]
+@pytest.mark.parametrize('geometry', [DECONV_GEOMETRIES[2], GEOMETRIES[-1]])
+def test_tiled_deconvolution_matches_direct_computation(tmp_path, geometry, two_threads):
+    # The deconvolution's forward is the convolution's input gradient, its input gradient
+    # the convolution's forward: every tiled path, on the deconvolution's shapes.
     net = conv_net(tmp_path / 'tall-deconv.prototxt', 'Deconvolution', geometry, **TALL)
-    arrays = run_layer(net, np.random.default_rng(4))
-    weight = net.params['out'][0].data.astype(np.float64)
-    zero_bias = np.zeros(arrays['x'].shape[1])
-    dx, _, _ = conv_reference(arrays['dy'], weight, zero_bias, np.zeros(arrays['x'].shape),
-                              geometry, arrays['x'].shape)
-    assert_close(net.blobs['data'].diff, dx)
+    assert_deconvolution_matches_reference(net, geometry, seed=4)
 
 
 THREADED_RUN = '''
@@ -177,7 +182,7 @@ sys.path.insert(0, {tests!r})
 from test_bench_conv import conv_net, run_layer
 arrays = {{}}
 for index, geometry in enumerate(json.loads(sys.argv[1])):
-    net = conv_net(Path(sys.argv[2]) / f'{{index}}.prototxt', 'Convolution', geometry,
+    net = conv_net(Path(sys.argv[2]) / f'{{index}}.prototxt', sys.argv[5], geometry,
                    **json.loads(sys.argv[4]))
     run_layer(net, np.random.default_rng(index))
     arrays[f'{{index}}:y'] = net.blobs['out'].data
@@ -188,7 +193,7 @@ np.savez(sys.argv[3], **arrays)
 
 
 def threaded_runs(tmp_path, blas_folder=None, geometries=GEOMETRIES,
-                  sizes=dict(channels=16, height=40, width=50)):
+                  sizes=dict(channels=16, height=40, width=50), kind='Convolution'):
     """The layers' outputs and gradients with 1 and with 2 OpenMP threads, each run in its
     own process; with `blas_folder`, that OpenBLAS build is loaded instead, on one thread."""
     script = THREADED_RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
@@ -199,7 +204,8 @@ def threaded_runs(tmp_path, blas_folder=None, geometries=GEOMETRIES,
         if blas_folder:
             env.update(LD_LIBRARY_PATH=blas_folder, OPENBLAS_NUM_THREADS='1')
         subprocess.run([sys.executable, '-c', script, json.dumps(geometries), str(tmp_path),
-                        str(dump), json.dumps(sizes)], check=True, env=env, timeout=120)
+                        str(dump), json.dumps(sizes), kind], check=True, env=env,
+                       timeout=120)
         dumps.append(np.load(dump))
     assert len(dumps[0].files) == 3 * len(geometries)
     return dumps
@@ -222,11 +228,13 @@ def test_im2col_and_col2im_do_not_depend_on_the_thread_count(tmp_path):
         assert np.array_equal(one[name], two[name]), name
 
 
-def test_tiled_forward_does_not_depend_on_the_thread_count(tmp_path):
-    # Tiles are cut the same way at 1 and 2 threads (TALL tiles at both): which thread
-    # computes a tile must not change a bit of it.
+@pytest.mark.parametrize('kind', ['Convolution', 'Deconvolution'])
+def test_tiled_passes_do_not_depend_on_the_thread_count(tmp_path, kind):
+    # Tiles are cut the same way at 1 and 2 threads (TALL tiles at both), the weight
+    # gradient's partial sums and the input gradient's order too: which thread computes a
+    # tile must not change a bit of any result.
     one, two = threaded_runs(tmp_path, pthread_openblas(), [GEOMETRIES[0], GEOMETRIES[-1]],
-                             TALL)
+                             TALL, kind)
     for name in one.files:
         assert np.array_equal(one[name], two[name]), name
 
@@ -294,6 +302,34 @@ def test_parallel_max_pooling_matches_direct_computation(tmp_path, kernel, strid
     assert (indices == -1).any()
     np.testing.assert_array_equal(net.blobs['out'].data, values.astype(np.float32))
     np.testing.assert_array_equal(net.blobs['mask'].data, indices)
+
+
+@pytest.mark.parametrize('negative_slope', [0, 0.25])
+def test_parallel_relu_matches_the_formula(tmp_path, negative_slope, two_threads):
+    # 2 x 8 planes of 100 x 100: enough values for the threaded loops (relu-parallel.patch).
+    # Caffe's formulas in float32, to the bit: max(x, 0) + s min(x, 0) forward, the output
+    # gradient where x > 0 and s times it elsewhere (zeros included) backward.
+    shape = (2, 8, 100, 100)
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=list(shape)))
+    n.out = L.ReLU(n.data, negative_slope=negative_slope)
+    proto = n.to_proto()
+    proto.force_backward = True
+    path = tmp_path / 'relu.prototxt'
+    path.write_text(str(proto))
+    net = caffe.Net(str(path), caffe.TEST)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[::9] = 0
+    dy = rng.standard_normal(shape).astype(np.float32)
+    slope = np.float32(negative_slope)
+    net.blobs['data'].data[...] = x
+    net.forward()
+    net.blobs['out'].diff[...] = dy
+    net.backward()
+    np.testing.assert_array_equal(net.blobs['out'].data,
+                                  np.maximum(x, 0) + slope * np.minimum(x, 0))
+    np.testing.assert_array_equal(net.blobs['data'].diff, np.where(x > 0, dy, slope * dy))
 
 
 def adam_reference(weights, gradients, rate, beta1, beta2, delta, decay):
