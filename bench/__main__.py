@@ -234,10 +234,11 @@ def parse_args(argv):
                              '(FCN_ADAPT_THREADS=1, solve/cores.py) in the contention part, '
                              'e.g. GOMP_SPINCOUNT=1000 (repeatable)')
     parser.add_argument('--blas-dir', action='append', default=[], metavar='NAME=DIR',
-                        help="also time Caffe's forward with another BLAS under the same "
-                             'binary: DIR holds a libopenblas.so.0 (a link to that library) '
-                             'and is searched first; checked against PyTorch like the default '
-                             '(repeatable)')
+                        help="also time Caffe's forward and training with another BLAS "
+                             'under the same binary: DIR holds a libopenblas.so.0 (a link to '
+                             'that library; a libcaffe.so.1.0.0 beside it swaps in another '
+                             'Caffe build) and is searched first; its outputs are checked '
+                             'against PyTorch like the default (repeatable)')
     parser.add_argument('--out', type=Path, default=DEFAULT_OUT,
                         help='results file (default: %(default)s)')
     args = parser.parse_args(argv)
@@ -333,16 +334,17 @@ def measure_frameworks(args, config, env, scratch, results):
         image = inputs['data']
     np.savez(config['inputs'], data=image,
              label=nets.random_label(args.width, args.height, classes, SEED))
-    # Other BLAS libraries under the same Caffe binary, checked like it.
+    # Other BLAS libraries (or Caffe libraries) under the same binding, checked like it.
     variants = [Worker('caffe-forward', config, blas_env(env, folder), label=f'caffe@{name}')
                 for name, folder in args.blas_dir.items()]
     for variant in variants:
         results['checks'][variant.label] = check(variant.label, variant, torch, scratch)
+    blas = {}
     if 'forward' in args.parts:
         say('timing forward passes')
         samples = alternate([caffe, *variants, torch, sgemm], args.rounds, loads)
-        blas = {variant.label: (samples.pop(variant.label), variant.info())
-                for variant in variants}
+        blas['forward'] = {variant.label: (samples.pop(variant.label), variant.info())
+                           for variant in variants}
         for variant in variants:
             variant.close()
         if args.layers:
@@ -353,7 +355,6 @@ def measure_frameworks(args, config, env, scratch, results):
             results['layers'] = {'rows': rows, 'sgemm_gflops': round(limit, 1)}
         finished['forward'] = finish([caffe, torch], samples)
     else:
-        blas = {}
         for worker in (caffe, *variants, torch):
             worker.close()
     if 'train' in args.parts:
@@ -362,16 +363,22 @@ def measure_frameworks(args, config, env, scratch, results):
         for worker in checkers:
             worker.close()
         trainers = [Worker(kind, config, env) for kind in ('caffe-train', 'torch-train')]
+        variants = [Worker('caffe-train', config, blas_env(env, folder), label=f'caffe@{name}')
+                    for name, folder in args.blas_dir.items()]
         say('timing training iterations')
-        samples = alternate([*trainers, sgemm], args.rounds, loads)
+        samples = alternate([trainers[0], *variants, trainers[1], sgemm], args.rounds, loads)
+        blas['train'] = {variant.label: (samples.pop(variant.label), variant.info())
+                         for variant in variants}
+        for variant in variants:
+            variant.close()
         finished['train'] = finish(trainers, samples)
     sgemm_info = sgemm.info()
     sgemm.close()
     results['sgemm'] = {'size': args.sgemm_size, 'openblas': sgemm_info['openblas']}
     for name, part in finished.items():
         results[name] = compared(part, sgemm_info['flops'])
-    if blas:
-        results['blas'] = compared_blas(blas, finished['forward'], sgemm_info['flops'])
+    if args.blas_dir:
+        results['blas'] = compared_blas(blas, finished, sgemm_info['flops'])
 
 
 def blas_env(env, folder):
@@ -383,18 +390,20 @@ def blas_env(env, folder):
         filter(None, [str(folder), env.get('LD_LIBRARY_PATH')])))
 
 
-def compared_blas(blas, forward, sgemm_flops):
-    """Each other BLAS's forward figures, its ratio to PyTorch and to the default Caffe
-    (medians of each round's ratio)."""
-    samples = forward['samples']
+def compared_blas(blas, finished, sgemm_flops):
+    """Each other BLAS's figures in each part timed ('forward', 'train'), with its ratios to
+    PyTorch and to the default Caffe (medians of each round's ratio): {name: {part: ...}}."""
     figures = {}
-    for label, (times, info) in blas.items():
-        summary = report.summarize(times, forward['flops'], (samples['sgemm'], sgemm_flops))
-        summary.update(peak_mb=round(info['peak_mb']), libraries=info['libraries'],
-                       openblas=info['openblas'],
-                       ratio_to_torch=report.ratio(times, samples['torch-forward']),
-                       ratio_to_default=report.ratio(times, samples['caffe-forward']))
-        figures[label.split('@', 1)[1]] = summary
+    for part, runs in blas.items():
+        samples = finished[part]['samples']
+        for label, (times, info) in runs.items():
+            summary = report.summarize(times, finished[part]['flops'],
+                                       (samples['sgemm'], sgemm_flops))
+            summary.update(peak_mb=round(info['peak_mb']), libraries=info['libraries'],
+                           openblas=info['openblas'],
+                           ratio_to_torch=report.ratio(times, samples[f'torch-{part}']),
+                           ratio_to_default=report.ratio(times, samples[f'caffe-{part}']))
+            figures.setdefault(label.split('@', 1)[1], {})[part] = summary
     return figures
 
 

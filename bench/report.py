@@ -93,12 +93,21 @@ def table(results):
 
 
 def blas_table(blas):
-    """Caffe's forward under each other BLAS, against PyTorch and against the default."""
+    """Caffe's forward and training under each other BLAS, against PyTorch and against the
+    default (a part not timed shows as -)."""
     lines = [f"{'BLAS under the same Caffe':28}{'forward s':>10}{'of SGEMM':>10}"
+             f"{'/PyTorch':>10}{'/default':>10}{'training s':>12}{'of SGEMM':>10}"
              f"{'/PyTorch':>10}{'/default':>10}"]
-    for name, row in blas.items():
-        lines.append(f"{name[:28]:28}{row['median_s']:>10.3f}{row['of_sgemm']:>10.0%}"
-                     f"{row['ratio_to_torch']:>10.3f}{row['ratio_to_default']:>10.3f}")
+    for name, parts in blas.items():
+        cells = [f'{name[:28]:28}']
+        for part, width in (('forward', 10), ('train', 12)):
+            row = parts.get(part)
+            if row is None:
+                cells.append(f"{'-':>{width}}{'-':>10}{'-':>10}{'-':>10}")
+            else:
+                cells.append(f"{row['median_s']:>{width}.3f}{row['of_sgemm']:>10.0%}"
+                             f"{row['ratio_to_torch']:>10.3f}{row['ratio_to_default']:>10.3f}")
+        lines.append(''.join(cells))
     return '\n'.join(lines)
 
 

@@ -238,8 +238,10 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
     assert results['train']['caffe']['gflop'] > results['forward']['caffe']['gflop']
     assert max(results['checks']['forward'].values()) <= 1e-4
     assert 'forward+backward s' in done.stdout
-    again = results['blas']['again']
-    assert again['median_s'] > 0 and again['ratio_to_default'] > 0
+    for part in ('forward', 'train'):
+        again = results['blas']['again'][part]
+        assert again['median_s'] > 0 and again['ratio_to_default'] > 0
+        assert again['ratio_to_torch'] > 0
     assert max(results['checks']['caffe@again'].values()) <= 1e-4
     assert 'BLAS under the same Caffe' in done.stdout
 
