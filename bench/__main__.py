@@ -142,6 +142,13 @@ def check(name, caffe, torch, scratch):
     return differences
 
 
+# A pause before each timed run: the subject before it leaves threads spinning for a while
+# after its last call (numpy's OpenBLAS about 0.1 s, libgomp less), which took a core from
+# whatever ran next. On the toy FCN (a 0.05 s training iteration) the subject that followed
+# the SGEMM runs took 0.15 s without the pause, the same library 0.05-0.07 s elsewhere.
+SETTLE_SECONDS = 0.3
+
+
 def alternate(workers, rounds, loads, progress=True):
     """Seconds of `rounds` runs of each worker, taken in turn after one warm-up run each."""
     for worker in workers:
@@ -149,6 +156,7 @@ def alternate(workers, rounds, loads, progress=True):
     samples = {worker.label: [] for worker in workers}
     for index in range(rounds):
         for worker in workers:
+            time.sleep(SETTLE_SECONDS)
             samples[worker.label].append(worker.run())
         loads.append(os.getloadavg()[0])
         if progress:
@@ -216,7 +224,8 @@ def parse_args(argv):
                         default=['forward', 'train', 'data', 'contention'],
                         help='what to measure')
     parser.add_argument('--layers', action='store_true',
-                        help="also time each of Caffe's forward layers")
+                        help="also time each of Caffe's layers: forward in the forward "
+                             'part, forward and backward of the training net in the train part')
     parser.add_argument('--data-images', type=int, default=20,
                         help='fixture images the data layer reads (default: %(default)s)')
     parser.add_argument('--sgemm-size', type=int, default=4096, metavar='N',
@@ -307,6 +316,9 @@ def main(argv=None):
         print(report.contention_table(results['contention']))
     if 'layers' in results:
         print(report.layer_table(results['layers']['rows'], results['layers']['sgemm_gflops']))
+    if 'train_layers' in results:
+        print(report.train_layer_table(results['train_layers']['rows'],
+                                       results['train_layers']['sgemm_gflops']))
     say(f'wrote {args.out}')
 
 
@@ -371,6 +383,11 @@ def measure_frameworks(args, config, env, scratch, results):
                          for variant in variants}
         for variant in variants:
             variant.close()
+        if args.layers:
+            before = sgemm.run()
+            rows = trainers[0].request('layers')['result']
+            limit = 2 * sgemm.info()['flops'] / (before + sgemm.run()) / report.GIGA
+            results['train_layers'] = {'rows': rows, 'sgemm_gflops': round(limit, 1)}
         finished['train'] = finish(trainers, samples)
     sgemm_info = sgemm.info()
     sgemm.close()

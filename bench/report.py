@@ -111,6 +111,23 @@ def blas_table(blas):
     return '\n'.join(lines)
 
 
+def train_layer_table(rows, sgemm_gflops, top=12):
+    """The slowest layers of Caffe's training net, forward and backward, with the
+    backward's share of the SGEMM limit."""
+    total = sum(row['forward_s'] + row['backward_s'] for row in rows)
+    lines = [f"Caffe training by layer, mean of 3 passes (SGEMM limit around it: "
+             f"{sgemm_gflops:.1f} GFLOP/s)",
+             f"{'layer':16}{'forward s':>10}{'backward s':>11}{'share':>8}"
+             f"{'backward of SGEMM':>19}"]
+    for row in sorted(rows, key=lambda row: -(row['forward_s'] + row['backward_s']))[:top]:
+        seconds = row['forward_s'] + row['backward_s']
+        of_sgemm = (f"{row['backward_flops'] / GIGA / row['backward_s'] / sgemm_gflops:.0%}"
+                    if row['backward_flops'] and row['backward_s'] else '-')
+        lines.append(f"{row['layer']:16}{row['forward_s']:>10.4f}{row['backward_s']:>11.4f}"
+                     f"{seconds / total:>8.0%}{of_sgemm:>19}")
+    return '\n'.join(lines)
+
+
 def contention_table(contention):
     """Training alone and beside one busy process, with and without the thread settings."""
     figures = contention['figures']

@@ -206,6 +206,29 @@ class CaffeTrain(CaffeSubject):
         """Iterations of the last run that ran on fewer threads than the libraries' own."""
         return self.fewer
 
+    def layers(self, passes=3):
+        """Mean seconds of each layer's forward and backward over `passes` passes of the
+        training net, with their FLOPs, in net order (the update is not included)."""
+        net = self.solver.net
+        flops = {name: (forward, backward) for name, forward, backward in
+                 net_flops(self.definition, self.shapes(net), self.caffe.TRAIN)}
+        names = list(net._layer_names)
+        forward, backward = [0.0] * len(names), [0.0] * len(names)
+        for _ in range(passes):
+            for index in range(len(names)):
+                started = time.perf_counter()
+                net._forward(index, index)
+                forward[index] += time.perf_counter() - started
+            for index in reversed(range(len(names))):
+                started = time.perf_counter()
+                net._backward(index, index)
+                backward[index] += time.perf_counter() - started
+        return [{'layer': name, 'forward_s': forward[i] / passes,
+                 'backward_s': backward[i] / passes,
+                 'forward_flops': flops.get(name, (0, 0))[0],
+                 'backward_flops': flops.get(name, (0, 0))[1]}
+                for i, name in enumerate(names)]
+
     def info(self):
         info = super().info()
         info['flops'] = sum(forward + backward for _, forward, backward in

@@ -226,7 +226,7 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
     done = subprocess.run(
         [sys.executable, '-m', 'bench', '--model-dir', str(folder), '--size', '24x20',
          '--rounds', '1', '--parts', 'forward', 'train', '--threads', '1', '--sgemm-size', '256',
-         '--blas-dir', f'again={tmp_path / "blas"}', '--out', str(out)],
+         '--blas-dir', f'again={tmp_path / "blas"}', '--layers', '--out', str(out)],
         capture_output=True, text=True, env=env, cwd=nets.REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
@@ -244,6 +244,14 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
         assert again['ratio_to_torch'] > 0
     assert max(results['checks']['caffe@again'].values()) <= 1e-4
     assert 'BLAS under the same Caffe' in done.stdout
+    # Per layer: every (de)convolution that learns has a backward with FLOPs, and the
+    # training net's FLOPs by layer add up to what the training part counted.
+    train_rows = results['train_layers']['rows']
+    assert all(row['forward_s'] > 0 for row in train_rows if row['forward_flops'])
+    assert any(row['backward_flops'] and row['backward_s'] > 0 for row in train_rows)
+    layer_flops = sum(row['forward_flops'] + row['backward_flops'] for row in train_rows)
+    assert layer_flops / 1e9 == pytest.approx(results['train']['caffe']['gflop'], rel=1e-3)
+    assert 'Caffe training by layer' in done.stdout and 'Caffe forward by layer' in done.stdout
 
 
 def worker_libraries(kind):
