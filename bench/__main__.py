@@ -317,8 +317,7 @@ def main(argv=None):
     if 'layers' in results:
         print(report.layer_table(results['layers']['rows'], results['layers']['sgemm_gflops']))
     if 'train_layers' in results:
-        print(report.train_layer_table(results['train_layers']['rows'],
-                                       results['train_layers']['sgemm_gflops']))
+        print(report.train_layer_table(**results['train_layers']))
     say(f'wrote {args.out}')
 
 
@@ -347,25 +346,14 @@ def measure_frameworks(args, config, env, scratch, results):
     np.savez(config['inputs'], data=image,
              label=nets.random_label(args.width, args.height, classes, SEED))
     # Other BLAS libraries (or Caffe libraries) under the same binding, checked like it.
-    variants = [Worker('caffe-forward', config, blas_env(env, folder), label=f'caffe@{name}')
-                for name, folder in args.blas_dir.items()]
+    variants = variant_workers('caffe-forward', args, config, env)
     for variant in variants:
         results['checks'][variant.label] = check(variant.label, variant, torch, scratch)
     blas = {}
     if 'forward' in args.parts:
         say('timing forward passes')
-        samples = alternate([caffe, *variants, torch, sgemm], args.rounds, loads)
-        blas['forward'] = {variant.label: (samples.pop(variant.label), variant.info())
-                           for variant in variants}
-        for variant in variants:
-            variant.close()
-        if args.layers:
-            # Per-layer times come from one more pass, so their limit is taken around it.
-            before = sgemm.run()
-            rows = caffe.request('layers')['result']
-            limit = 2 * sgemm.info()['flops'] / (before + sgemm.run()) / report.GIGA
-            results['layers'] = {'rows': rows, 'sgemm_gflops': round(limit, 1)}
-        finished['forward'] = finish([caffe, torch], samples)
+        finished['forward'] = time_part('forward', caffe, torch, variants, sgemm, args,
+                                        loads, blas, results)
     else:
         for worker in (caffe, *variants, torch):
             worker.close()
@@ -375,20 +363,10 @@ def measure_frameworks(args, config, env, scratch, results):
         for worker in checkers:
             worker.close()
         trainers = [Worker(kind, config, env) for kind in ('caffe-train', 'torch-train')]
-        variants = [Worker('caffe-train', config, blas_env(env, folder), label=f'caffe@{name}')
-                    for name, folder in args.blas_dir.items()]
         say('timing training iterations')
-        samples = alternate([trainers[0], *variants, trainers[1], sgemm], args.rounds, loads)
-        blas['train'] = {variant.label: (samples.pop(variant.label), variant.info())
-                         for variant in variants}
-        for variant in variants:
-            variant.close()
-        if args.layers:
-            before = sgemm.run()
-            rows = trainers[0].request('layers')['result']
-            limit = 2 * sgemm.info()['flops'] / (before + sgemm.run()) / report.GIGA
-            results['train_layers'] = {'rows': rows, 'sgemm_gflops': round(limit, 1)}
-        finished['train'] = finish(trainers, samples)
+        finished['train'] = time_part('train', *trainers,
+                                      variant_workers('caffe-train', args, config, env),
+                                      sgemm, args, loads, blas, results)
     sgemm_info = sgemm.info()
     sgemm.close()
     results['sgemm'] = {'size': args.sgemm_size, 'openblas': sgemm_info['openblas']}
@@ -396,6 +374,35 @@ def measure_frameworks(args, config, env, scratch, results):
         results[name] = compared(part, sgemm_info['flops'])
     if args.blas_dir:
         results['blas'] = compared_blas(blas, finished, sgemm_info['flops'])
+
+
+def variant_workers(kind, args, config, env):
+    """A `kind` worker for each --blas-dir, labelled caffe@NAME."""
+    return [Worker(kind, config, blas_env(env, folder), label=f'caffe@{name}')
+            for name, folder in args.blas_dir.items()]
+
+
+# Where --layers puts each part's table in the results, and how many passes it averages.
+LAYER_RESULTS = {'forward': ('layers', 1), 'train': ('train_layers', 3)}
+
+
+def time_part(part, caffe, torch, variants, sgemm, args, loads, blas, results):
+    """Time one part ('forward' or 'train'): Caffe, the --blas-dir variants (closed after,
+    their samples into blas[part]), PyTorch and the SGEMM limit in alternation; with
+    --layers, Caffe's layers too. Returns the part's samples and process figures."""
+    samples = alternate([caffe, *variants, torch, sgemm], args.rounds, loads)
+    blas[part] = {variant.label: (samples.pop(variant.label), variant.info())
+                  for variant in variants}
+    for variant in variants:
+        variant.close()
+    if args.layers:
+        # Per-layer times come from more passes, so their limit is taken around them.
+        key, passes = LAYER_RESULTS[part]
+        before = sgemm.run()
+        rows = caffe.request('layers', passes=passes)['result']
+        limit = 2 * sgemm.info()['flops'] / (before + sgemm.run()) / report.GIGA
+        results[key] = {'rows': rows, 'sgemm_gflops': round(limit, 1), 'passes': passes}
+    return finish([caffe, torch], samples)
 
 
 def blas_env(env, folder):

@@ -111,11 +111,11 @@ def blas_table(blas):
     return '\n'.join(lines)
 
 
-def train_layer_table(rows, sgemm_gflops, top=12):
+def train_layer_table(rows, sgemm_gflops, passes, top=12):
     """The slowest layers of Caffe's training net, forward and backward, with the
     backward's share of the SGEMM limit."""
     total = sum(row['forward_s'] + row['backward_s'] for row in rows)
-    lines = [f"Caffe training by layer, mean of 3 passes (SGEMM limit around it: "
+    lines = [f"Caffe training by layer, mean of {passes} passes (SGEMM limit around it: "
              f"{sgemm_gflops:.1f} GFLOP/s)",
              f"{'layer':16}{'forward s':>10}{'backward s':>11}{'share':>8}"
              f"{'backward of SGEMM':>19}"]

@@ -100,6 +100,25 @@ class Subject:
                 'libraries': loaded_libraries(), 'openblas': openblas_threads()}
 
 
+def layer_seconds(net, passes, backward):
+    """Mean seconds of each layer's forward and (with `backward`) backward over `passes`
+    passes of `net`, in net order: two lists, the second zeros without `backward`."""
+    count = len(net._layer_names)
+    forward_s, backward_s = [0.0] * count, [0.0] * count
+    for _ in range(passes):
+        for index in range(count):
+            started = time.perf_counter()
+            net._forward(index, index)
+            forward_s[index] += time.perf_counter() - started
+        if not backward:
+            continue
+        for index in reversed(range(count)):
+            started = time.perf_counter()
+            net._backward(index, index)
+            backward_s[index] += time.perf_counter() - started
+    return [t / passes for t in forward_s], [t / passes for t in backward_s]
+
+
 class CaffeSubject(Subject):
     def __init__(self, config):
         super().__init__(config)
@@ -156,17 +175,14 @@ class CaffeForward(CaffeSubject):
         self.net.forward()
         save_npz(path, {name: self.net.blobs[name].data for name in self.net.outputs})
 
-    def layers(self):
-        """Seconds of each layer's forward, with its FLOPs, in net order."""
+    def layers(self, passes):
+        """Mean seconds of each layer's forward over `passes` passes, with its FLOPs, in
+        net order."""
         flops = {name: forward for name, forward, _ in
                  net_flops(self.definition, self.shapes(self.net), self.caffe.TEST)}
-        rows = []
-        for index, name in enumerate(self.net._layer_names):
-            started = time.perf_counter()
-            self.net._forward(index, index)
-            rows.append({'layer': name, 'seconds': time.perf_counter() - started,
-                         'flops': flops.get(name, 0)})
-        return rows
+        seconds, _ = layer_seconds(self.net, passes, backward=False)
+        return [{'layer': name, 'seconds': seconds[index], 'flops': flops.get(name, 0)}
+                for index, name in enumerate(self.net._layer_names)]
 
     def info(self):
         info = super().info()
@@ -206,28 +222,20 @@ class CaffeTrain(CaffeSubject):
         """Iterations of the last run that ran on fewer threads than the libraries' own."""
         return self.fewer
 
-    def layers(self, passes=3):
+    def layers(self, passes):
         """Mean seconds of each layer's forward and backward over `passes` passes of the
         training net, with their FLOPs, in net order (the update is not included)."""
         net = self.solver.net
         flops = {name: (forward, backward) for name, forward, backward in
                  net_flops(self.definition, self.shapes(net), self.caffe.TRAIN)}
-        names = list(net._layer_names)
-        forward, backward = [0.0] * len(names), [0.0] * len(names)
-        for _ in range(passes):
-            for index in range(len(names)):
-                started = time.perf_counter()
-                net._forward(index, index)
-                forward[index] += time.perf_counter() - started
-            for index in reversed(range(len(names))):
-                started = time.perf_counter()
-                net._backward(index, index)
-                backward[index] += time.perf_counter() - started
-        return [{'layer': name, 'forward_s': forward[i] / passes,
-                 'backward_s': backward[i] / passes,
-                 'forward_flops': flops.get(name, (0, 0))[0],
-                 'backward_flops': flops.get(name, (0, 0))[1]}
-                for i, name in enumerate(names)]
+        forward, backward = layer_seconds(net, passes, backward=True)
+        rows = []
+        for index, name in enumerate(net._layer_names):
+            forward_flops, backward_flops = flops.get(name, (0, 0))
+            rows.append({'layer': name, 'forward_s': forward[index],
+                         'backward_s': backward[index], 'forward_flops': forward_flops,
+                         'backward_flops': backward_flops})
+        return rows
 
     def info(self):
         info = super().info()

@@ -145,8 +145,8 @@ def test_convolution_of_a_larger_image_matches_direct_computation(tmp_path, geom
 # Tall images take the tiled paths (cpu-tiled-forward.patch, cpu-tiled-gradients.patch)
 # at two threads: at 1200 x 100, 16 channels and a 3x3 kernel, a tile of 2^20 column
 # values holds 72 output rows, so the layer has 17 tiles (the grouped, strided geometry:
-# 5), at least the two per thread that the patches ask for, and the weights are far below
-# a quarter of a tile. The deconvolution (6 outputs) has 7 tiles of 194 rows.
+# 5), at least the 4 that the patches ask for, and the weights are far below a quarter of
+# a tile. The deconvolution (6 outputs) has 7 tiles of 194 rows.
 TALL = dict(channels=16, height=1200, width=100)
 
 
