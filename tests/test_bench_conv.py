@@ -143,11 +143,15 @@ def test_convolution_of_a_larger_image_matches_direct_computation(tmp_path, geom
 
 
 # Tall images take the tiled paths (cpu-tiled-forward.patch, cpu-tiled-gradients.patch)
-# at two threads: at 1200 x 100, 16 channels and a 3x3 kernel, a tile of 2^20 column
-# values holds 72 output rows, so the layer has 17 tiles (the grouped, strided geometry:
-# 5), at least the 4 that the patches ask for, and the weights are far below a quarter of
-# a tile. The deconvolution (6 outputs) has 7 tiles of 194 rows.
+# with tiles of full size: at 1200 x 100, 16 channels and a 3x3 kernel, a tile of 2^20
+# column values holds 72 output rows, so the layer has 17 tiles (the grouped, strided
+# geometry: 5), and the weights are far below a quarter of a tile. The deconvolution (6
+# outputs) has 7 tiles of 194 rows. Smaller layers are cut into 4 tiles or more all the
+# same (cpu-tiles-small-layers.patch): the 13 x 17 images above into tiles of a few rows,
+# their weight gradients whole (tiles of fewer than 256 columns). Only layers of fewer than
+# 4 output rows run untiled, as in Caffe: SHORT.
 TALL = dict(channels=16, height=1200, width=100)
+SHORT = dict(channels=16, height=3, width=40)
 
 
 @pytest.fixture
@@ -172,6 +176,16 @@ def test_tiled_deconvolution_matches_direct_computation(tmp_path, geometry, two_
     # the convolution's forward: every tiled path, on the deconvolution's shapes.
     net = conv_net(tmp_path / 'tall-deconv.prototxt', 'Deconvolution', geometry, **TALL)
     assert_deconvolution_matches_reference(net, geometry, seed=4)
+
+
+@pytest.mark.parametrize('kind', ['Convolution', 'Deconvolution'])
+def test_untiled_passes_match_direct_computation(tmp_path, kind, two_threads):
+    # 3 rows in and out (3x3, pad 1): fewer than the 4 tiles the patches cut.
+    geometry = GEOMETRIES[0]
+    net = conv_net(tmp_path / 'short.prototxt', kind, geometry, **SHORT)
+    check = (assert_convolution_matches_reference if kind == 'Convolution'
+             else assert_deconvolution_matches_reference)
+    check(net, geometry, seed=5)
 
 
 THREADED_RUN = '''
