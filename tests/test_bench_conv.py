@@ -146,12 +146,12 @@ def test_convolution_of_a_larger_image_matches_direct_computation(tmp_path, geom
 # with tiles of full size: at 1200 x 100, 16 channels and a 3x3 kernel, a tile of 2^20
 # column values holds 72 output rows, so the layer has 17 tiles (the grouped, strided
 # geometry: 5), and the weights are far below a quarter of a tile. The deconvolution (6
-# outputs) has 7 tiles of 194 rows. Smaller layers are cut into 4 tiles or more all the
-# same (cpu-tiles-small-layers.patch): the 13 x 17 images above into tiles of a few rows,
-# their weight gradients whole (tiles of fewer than 256 columns). Only layers of fewer than
-# 4 output rows run untiled, as in Caffe: SHORT.
+# outputs) has 7 tiles of 194 rows. Smaller layers are cut into 4 smaller tiles of at least
+# 256 output pixels where they can be (cpu-tiles-small-layers.patch): MEDIUM's layers (80 or
+# 40 output rows of 44 to 52 pixels) into 4 or 5, every geometry but the 1x1; the 13 x 17
+# images above run untiled, as in Caffe.
 TALL = dict(channels=16, height=1200, width=100)
-SHORT = dict(channels=16, height=3, width=40)
+MEDIUM = dict(channels=16, height=80, width=50)
 
 
 @pytest.fixture
@@ -178,14 +178,17 @@ def test_tiled_deconvolution_matches_direct_computation(tmp_path, geometry, two_
     assert_deconvolution_matches_reference(net, geometry, seed=4)
 
 
-@pytest.mark.parametrize('kind', ['Convolution', 'Deconvolution'])
-def test_untiled_passes_match_direct_computation(tmp_path, kind, two_threads):
-    # 3 rows in and out (3x3, pad 1): fewer than the 4 tiles the patches cut.
-    geometry = GEOMETRIES[0]
-    net = conv_net(tmp_path / 'short.prototxt', kind, geometry, **SHORT)
-    check = (assert_convolution_matches_reference if kind == 'Convolution'
-             else assert_deconvolution_matches_reference)
-    check(net, geometry, seed=5)
+@pytest.mark.parametrize('geometry', GEOMETRIES)
+def test_small_tiles_match_direct_computation(tmp_path, geometry, two_threads):
+    net = conv_net(tmp_path / 'medium.prototxt', 'Convolution', geometry, **MEDIUM)
+    assert_convolution_matches_reference(net, geometry, seed=5)
+
+
+@pytest.mark.parametrize('geometry', DECONV_GEOMETRIES)
+def test_small_tiles_of_deconvolutions_match_direct_computation(tmp_path, geometry,
+                                                               two_threads):
+    net = conv_net(tmp_path / 'medium-deconv.prototxt', 'Deconvolution', geometry, **MEDIUM)
+    assert_deconvolution_matches_reference(net, geometry, seed=6)
 
 
 THREADED_RUN = '''
