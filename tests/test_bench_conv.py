@@ -164,31 +164,27 @@ def two_threads():
     set_threads(cores.default_threads())
 
 
-@pytest.mark.parametrize('geometry', [GEOMETRIES[0], GEOMETRIES[-1]])
-def test_tiled_convolution_matches_direct_computation(tmp_path, geometry, two_threads):
-    net = conv_net(tmp_path / 'tall.prototxt', 'Convolution', geometry, **TALL)
+def tiled_cases(tall_geometries, geometries):
+    """(size, geometry) pairs: full tiles on TALL, smaller tiles on MEDIUM."""
+    return ([pytest.param(TALL, g, id=f'tall-{i}') for i, g in enumerate(tall_geometries)] +
+            [pytest.param(MEDIUM, g, id=f'medium-{i}') for i, g in enumerate(geometries)])
+
+
+@pytest.mark.parametrize('size, geometry',
+                         tiled_cases([GEOMETRIES[0], GEOMETRIES[-1]], GEOMETRIES))
+def test_tiled_convolution_matches_direct_computation(tmp_path, size, geometry, two_threads):
+    net = conv_net(tmp_path / 'tiled.prototxt', 'Convolution', geometry, **size)
     assert_convolution_matches_reference(net, geometry, seed=3)
 
 
-@pytest.mark.parametrize('geometry', [DECONV_GEOMETRIES[2], GEOMETRIES[-1]])
-def test_tiled_deconvolution_matches_direct_computation(tmp_path, geometry, two_threads):
+@pytest.mark.parametrize('size, geometry',
+                         tiled_cases([DECONV_GEOMETRIES[2], GEOMETRIES[-1]], DECONV_GEOMETRIES))
+def test_tiled_deconvolution_matches_direct_computation(tmp_path, size, geometry,
+                                                        two_threads):
     # The deconvolution's forward is the convolution's input gradient, its input gradient
     # the convolution's forward: every tiled path, on the deconvolution's shapes.
-    net = conv_net(tmp_path / 'tall-deconv.prototxt', 'Deconvolution', geometry, **TALL)
+    net = conv_net(tmp_path / 'tiled-deconv.prototxt', 'Deconvolution', geometry, **size)
     assert_deconvolution_matches_reference(net, geometry, seed=4)
-
-
-@pytest.mark.parametrize('geometry', GEOMETRIES)
-def test_small_tiles_match_direct_computation(tmp_path, geometry, two_threads):
-    net = conv_net(tmp_path / 'medium.prototxt', 'Convolution', geometry, **MEDIUM)
-    assert_convolution_matches_reference(net, geometry, seed=5)
-
-
-@pytest.mark.parametrize('geometry', DECONV_GEOMETRIES)
-def test_small_tiles_of_deconvolutions_match_direct_computation(tmp_path, geometry,
-                                                               two_threads):
-    net = conv_net(tmp_path / 'medium-deconv.prototxt', 'Deconvolution', geometry, **MEDIUM)
-    assert_deconvolution_matches_reference(net, geometry, seed=6)
 
 
 THREADED_RUN = '''
