@@ -36,10 +36,10 @@ DECONV_GEOMETRIES = [
 CHANNELS, OUTPUTS, HEIGHT, WIDTH = 4, 6, 13, 17
 
 
-def conv_net(path, kind, geometry, channels=CHANNELS, height=HEIGHT, width=WIDTH):
+def conv_net(path, kind, geometry, channels=CHANNELS, height=HEIGHT, width=WIDTH, batch=2):
     kh, kw, sh, sw, ph, pw, dilation, group = geometry
     n = caffe.NetSpec()
-    n.data = L.Input(shape=dict(dim=[2, channels, height, width]))
+    n.data = L.Input(shape=dict(dim=[batch, channels, height, width]))
     n.out = getattr(L, kind)(n.data, convolution_param=dict(
         num_output=OUTPUTS, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, pad_h=ph,
         pad_w=pw, dilation=dilation, group=group))
@@ -149,9 +149,13 @@ def test_convolution_of_a_larger_image_matches_direct_computation(tmp_path, geom
 # outputs) has 7 tiles of 194 rows. Smaller layers are cut into 4 smaller tiles of at least
 # 256 output pixels where they can be (cpu-tiles-small-layers.patch): MEDIUM's layers (80 or
 # 40 output rows of 44 to 52 pixels) into 4 or 5, every geometry but the 1x1; the 13 x 17
-# images above run untiled, as in Caffe.
+# images above run untiled, as in Caffe. Batches of at least 4 images too small to tile
+# run their images in parallel instead (cpu-whole-images.patch): IMAGES, 37 images of
+# 9 x 11, whatever the geometry (the deconvolutions' outputs are larger, their inputs not),
+# more images than the weight gradient's 32 runs, so that runs hold one or two images.
 TALL = dict(channels=16, height=1200, width=100)
 MEDIUM = dict(channels=16, height=80, width=50)
+IMAGES = dict(channels=16, height=9, width=11, batch=37)
 
 
 @pytest.fixture
@@ -164,26 +168,30 @@ def two_threads():
     set_threads(cores.default_threads())
 
 
-def tiled_cases(tall_geometries, geometries):
-    """(size, geometry) pairs: full tiles on TALL, smaller tiles on MEDIUM."""
+def parallel_cases(tall_geometries, geometries):
+    """(size, geometry) pairs: full tiles on TALL, smaller tiles on MEDIUM, images in
+    parallel on IMAGES."""
     return ([pytest.param(TALL, g, id=f'tall-{i}') for i, g in enumerate(tall_geometries)] +
-            [pytest.param(MEDIUM, g, id=f'medium-{i}') for i, g in enumerate(geometries)])
+            [pytest.param(size, g, id=f'{name}-{i}') for name, size in
+             [('medium', MEDIUM), ('images', IMAGES)] for i, g in enumerate(geometries)])
 
 
 @pytest.mark.parametrize('size, geometry',
-                         tiled_cases([GEOMETRIES[0], GEOMETRIES[-1]], GEOMETRIES))
-def test_tiled_convolution_matches_direct_computation(tmp_path, size, geometry, two_threads):
-    net = conv_net(tmp_path / 'tiled.prototxt', 'Convolution', geometry, **size)
+                         parallel_cases([GEOMETRIES[0], GEOMETRIES[-1]], GEOMETRIES))
+def test_parallel_convolution_matches_direct_computation(tmp_path, size, geometry,
+                                                         two_threads):
+    net = conv_net(tmp_path / 'parallel.prototxt', 'Convolution', geometry, **size)
     assert_convolution_matches_reference(net, geometry, seed=3)
 
 
 @pytest.mark.parametrize('size, geometry',
-                         tiled_cases([DECONV_GEOMETRIES[2], GEOMETRIES[-1]], DECONV_GEOMETRIES))
-def test_tiled_deconvolution_matches_direct_computation(tmp_path, size, geometry,
-                                                        two_threads):
+                         parallel_cases([DECONV_GEOMETRIES[2], GEOMETRIES[-1]],
+                                        DECONV_GEOMETRIES))
+def test_parallel_deconvolution_matches_direct_computation(tmp_path, size, geometry,
+                                                           two_threads):
     # The deconvolution's forward is the convolution's input gradient, its input gradient
-    # the convolution's forward: every tiled path, on the deconvolution's shapes.
-    net = conv_net(tmp_path / 'tiled-deconv.prototxt', 'Deconvolution', geometry, **size)
+    # the convolution's forward: every parallel path, on the deconvolution's shapes.
+    net = conv_net(tmp_path / 'parallel-deconv.prototxt', 'Deconvolution', geometry, **size)
     assert_deconvolution_matches_reference(net, geometry, seed=4)
 
 
@@ -241,13 +249,14 @@ def test_im2col_and_col2im_do_not_depend_on_the_thread_count(tmp_path):
         assert np.array_equal(one[name], two[name]), name
 
 
+@pytest.mark.parametrize('size', [TALL, IMAGES], ids=['tiles', 'images'])
 @pytest.mark.parametrize('kind', ['Convolution', 'Deconvolution'])
-def test_tiled_passes_do_not_depend_on_the_thread_count(tmp_path, kind):
+def test_parallel_passes_do_not_depend_on_the_thread_count(tmp_path, kind, size):
     # Tiles are cut the same way at 1 and 2 threads (TALL tiles at both), the weight
-    # gradient's partial sums and the input gradient's order too: which thread computes a
-    # tile must not change a bit of any result.
+    # gradient's partial sums (of tiles or of images) and the input gradient's order too:
+    # which thread computes a tile or an image must not change a bit of any result.
     one, two = threaded_runs(tmp_path, pthread_openblas(), [GEOMETRIES[0], GEOMETRIES[-1]],
-                             TALL, kind)
+                             size, kind)
     for name in one.files:
         assert np.array_equal(one[name], two[name]), name
 
