@@ -303,20 +303,40 @@ def max_pool_reference(x, kernel, stride, pad, out_shape):
     return values, indices
 
 
+def pooling_net(path, kernel, stride, pad, shape, ntop):
+    """A max pooling of `shape`, with its index output (a second top) if ntop is 2."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=list(shape)))
+    tops = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=kernel, stride=stride,
+                     pad=pad, ntop=ntop)
+    if ntop == 2:
+        n.out, n.mask = tops
+    else:
+        n.out = tops
+    proto = n.to_proto()
+    proto.force_backward = True
+    path.write_text(str(proto))
+    return caffe.Net(str(path), caffe.TEST)
+
+
+def tied_values(shape, seed):
+    """Values from a few levels, so that windows hold ties (the first maximum counts)."""
+    return np.random.default_rng(seed).integers(-3, 4, size=shape).astype(np.float32)
+
+
+# 2 x 16 planes: enough values for the parallel paths (max-pool-parallel.patch); even and
+# odd sizes, whose last row and column of 2x2 windows are cut by the edge (those take the
+# general loop, whole 2x2 windows the branch-free one: max-pool-windows-and-backward.patch).
+POOL_SHAPES = [(2, 16, 60, 70), (2, 16, 61, 71)]
+
+
+@pytest.mark.parametrize('shape', POOL_SHAPES, ids=['even', 'odd'])
 @pytest.mark.parametrize('kernel, stride, pad', [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
 def test_parallel_max_pooling_matches_direct_computation(tmp_path, kernel, stride, pad,
-                                                         two_threads):
-    # 2 x 16 planes of 60 x 70: enough values for the parallel path (max-pool-parallel.patch).
-    # Values from a few levels, so that windows hold ties (the first maximum counts), and
-    # one window of NaNs, as in a diverged net.
-    n = caffe.NetSpec()
-    n.data = L.Input(shape=dict(dim=[2, 16, 60, 70]))
-    n.out, n.mask = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=kernel, stride=stride,
-                              pad=pad, ntop=2)
-    path = tmp_path / 'pool.prototxt'
-    path.write_text(str(n.to_proto()))
-    net = caffe.Net(str(path), caffe.TEST)
-    x = np.random.default_rng(5).integers(-3, 4, size=(2, 16, 60, 70)).astype(np.float32)
+                                                         shape, two_threads):
+    # One window of NaNs, as in a diverged net.
+    net = pooling_net(tmp_path / 'pool.prototxt', kernel, stride, pad, shape, ntop=2)
+    x = tied_values(shape, seed=5)
     x[1, 7, 10:10 + 2 * kernel, 20:20 + 2 * kernel] = np.nan
     net.blobs['data'].data[...] = x
     net.forward()
@@ -324,6 +344,31 @@ def test_parallel_max_pooling_matches_direct_computation(tmp_path, kernel, strid
     assert (indices == -1).any()
     np.testing.assert_array_equal(net.blobs['out'].data, values.astype(np.float32))
     np.testing.assert_array_equal(net.blobs['mask'].data, indices)
+
+
+@pytest.mark.parametrize('shape', POOL_SHAPES, ids=['even', 'odd'])
+@pytest.mark.parametrize('kernel, stride, pad', [(2, 2, 0), (3, 2, 1)])
+def test_parallel_max_pooling_gradient_goes_to_the_maxima(tmp_path, kernel, stride, pad,
+                                                          shape, two_threads):
+    # With one top the indices stay inside the layer: its backward shows them, each
+    # output's gradient added to the input pixel its window took (overlapping windows
+    # can add several to one pixel).
+    net = pooling_net(tmp_path / 'pool.prototxt', kernel, stride, pad, shape, ntop=1)
+    x = tied_values(shape, seed=6)
+    net.blobs['data'].data[...] = x
+    net.forward()
+    values, indices = max_pool_reference(x, kernel, stride, pad, net.blobs['out'].data.shape)
+    np.testing.assert_array_equal(net.blobs['out'].data, values.astype(np.float32))
+    dy = np.random.default_rng(7).standard_normal(values.shape).astype(np.float32)
+    net.blobs['out'].diff[...] = dy
+    net.backward()
+    net.backward()  # the second pass must start from zero again, not add to the first
+    expected = np.zeros(x.shape[:2] + (x.shape[2] * x.shape[3],))
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            np.add.at(expected[n, c], indices[n, c].ravel(), dy[n, c].ravel())
+    np.testing.assert_allclose(net.blobs['data'].diff, expected.reshape(x.shape),
+                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('negative_slope', [0, 0.25])
