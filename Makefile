@@ -343,7 +343,7 @@ runs/%/data-check.json:
 # installed here, not by requirements.txt (2.13.0 is a CPU build).
 BENCH_TORCH := torch==2.13.0
 
-.PHONY: bench bench-torch
+.PHONY: bench bench-torch bench-blas
 
 bench-torch: $(VENV_STAMP) ## PyTorch (CPU) in the virtualenv, for `make bench` only
 	$(PY) -c 'import torch' 2>/dev/null || \
@@ -351,6 +351,11 @@ bench-torch: $(VENV_STAMP) ## PyTorch (CPU) in the virtualenv, for `make bench` 
 
 bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memory (BENCH_ARGS=)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The same Caffe binary on each other BLAS (bench/blas.py fetches MKL and a current
+# OpenBLAS as pinned wheels, installs Debian's other builds), against the default build.
+bench-blas: caffe bench-torch ## Caffe on MKL, OpenBLAS 0.3.34, Debian's pthread OpenBLAS and BLIS vs the default (BENCH_ARGS=)
+	$(PY) -m bench --parts forward train --blas all $(BENCH_ARGS)
 
 # ---- demo --------------------------------------------------------------------------
 # `make demo`: the whole FCN method on the embedded toy set, on the CPU, in minutes.
@@ -366,7 +371,7 @@ TOY_SCORES := $(foreach stride,32 16 8,$(RUNS)/toy-fcn$(stride)s/score.json)
 .PHONY: data-toy
 
 data-toy: $(TOY_STAMP) ## the embedded toy set: VOC-layout shapes + a classification view
-demo: $(RUNS)/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~12 min
+demo: $(RUNS)/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, 5-12 min
 
 # The generator leaves a set with the same parameters and code alone; the stamp is then
 # only brought up to date.

@@ -17,12 +17,13 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench import contention, nets, report
+from bench import blas, contention, nets, report
 
 sys.path.append(str(nets.REPO / 'solve'))
 import caffe_env  # noqa: E402,F401  (solve/ holds the tools' modules, imported by bare name)
@@ -55,15 +56,20 @@ class Worker:
             env = library_defaults(env)  # PyTorch as its users run it
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'bench.worker', kind, json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-            cwd=nets.REPO)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env, cwd=nets.REPO)
+        self.relay = threading.Thread(target=relay_once, args=(self.process.stderr, self.label),
+                                      daemon=True)
+        self.relay.start()
         self.baseline_mb = self._reply()['baseline_mb']
 
     def _reply(self):
         line = self.process.stdout.readline()
         if not line:
-            raise SystemExit(f'bench: the {self.kind} worker died (exit '
-                             f'{self.process.wait()}); its error is above')
+            code = self.process.wait()
+            self.relay.join()
+            raise SystemExit(f'bench: the {self.kind} worker died (exit {code}); '
+                             'its error is above')
         reply = json.loads(line)
         if 'error' in reply:
             self.close()
@@ -87,6 +93,21 @@ class Worker:
         if self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait()
+        self.relay.join()
+
+
+def relay_once(stream, label):
+    """Pass a worker's messages on to stderr, each distinct line once: OpenBLAS's pthread
+    builds warn on every call from inside one of Caffe's OpenMP loops, thousands a run."""
+    seen = {}
+    for line in stream:
+        seen[line] = seen.get(line, 0) + 1
+        if seen[line] == 1:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    repeated = sum(seen.values()) - len(seen)
+    if repeated:
+        say(f'{label}: {repeated} repeated lines of its output not shown')
 
 
 def relative_difference(name, a, b):
@@ -248,6 +269,11 @@ def parse_args(argv):
                              'that library; a libcaffe.so.1.0.0 beside it swaps in another '
                              'Caffe build) and is searched first; its outputs are checked '
                              'against PyTorch like the default (repeatable)')
+    parser.add_argument('--blas', action='append', default=[], metavar='NAME',
+                        choices=[*blas.CANDIDATES, 'all'],
+                        help='like --blas-dir, for a candidate bench/blas.py makes ready '
+                             '(fetched or installed on first use): '
+                             f'{", ".join(blas.CANDIDATES)}, or all (repeatable)')
     parser.add_argument('--out', type=Path, default=DEFAULT_OUT,
                         help='results file (default: %(default)s)')
     args = parser.parse_args(argv)
@@ -259,6 +285,13 @@ def parse_args(argv):
         except ValueError:
             parser.error(f'--{option.replace("_", "-")} {getattr(args, option)}: expected '
                          'NAME=VALUE, e.g. GOMP_SPINCOUNT=10000 or blis=/tmp/blis')
+    # Each compared BLAS: its folder and the variables it needs.
+    args.blas_dir = {name: (folder, {}) for name, folder in args.blas_dir.items()}
+    for name in (blas.CANDIDATES if 'all' in args.blas else args.blas):
+        try:
+            args.blas_dir[name] = (blas.prepare(name), blas.CANDIDATES[name].env)
+        except blas.BlasError as error:
+            parser.error(f'--blas {name}: {error}')
     return args
 
 
@@ -378,8 +411,11 @@ def measure_frameworks(args, config, env, scratch, results):
 
 def variant_workers(kind, args, config, env):
     """A `kind` worker for each --blas-dir, labelled caffe@NAME."""
-    return [Worker(kind, config, blas_env(env, folder), label=f'caffe@{name}')
-            for name, folder in args.blas_dir.items()]
+    try:
+        return [Worker(kind, config, blas.library_env(env, folder, extra), label=f'caffe@{name}')
+                for name, (folder, extra) in args.blas_dir.items()]
+    except blas.BlasError as error:
+        raise SystemExit(f'bench: --blas-dir {error}') from None
 
 
 # Where --layers puts each part's table in the results, and how many passes it averages.
@@ -403,15 +439,6 @@ def time_part(part, caffe, torch, variants, sgemm, args, loads, blas, results):
         limit = 2 * sgemm.info()['flops'] / (before + sgemm.run()) / report.GIGA
         results[key] = {'rows': rows, 'sgemm_gflops': round(limit, 1), 'passes': passes}
     return finish([caffe, torch], samples)
-
-
-def blas_env(env, folder):
-    """`env` with `folder` searched first for Caffe's libopenblas.so.0."""
-    if not (Path(folder) / 'libopenblas.so.0').exists():
-        raise SystemExit(f'bench: --blas-dir {folder} holds no libopenblas.so.0 (make it a '
-                         'link to the BLAS library to try)')
-    return dict(env, LD_LIBRARY_PATH=os.pathsep.join(
-        filter(None, [str(folder), env.get('LD_LIBRARY_PATH')])))
 
 
 def compared_blas(blas, finished, sgemm_flops):

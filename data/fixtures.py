@@ -9,6 +9,7 @@ Archive layouts, as published: VOC2011's tar starts at TrainVal/VOCdevkit/VOC201
 VOC2010's at VOCdevkit/VOC2010/, SBD's at benchmark_RELEASE/dataset/, NYUDv2's at nyud/;
 SiftFlowDataset.zip and PASCAL-Context's trainval.tar.gz have no wrapper folder.
 """
+import mimetypes
 import re
 import shutil
 import tarfile
@@ -348,6 +349,9 @@ class FileServer:
                 start, length - 1, length))
         else:
             handler.send_response(200)
+        # pip reads a page of links only when it says it is HTML.
+        handler.send_header('Content-Type', mimetypes.guess_type(name)[0]
+                            or 'application/octet-stream')
         handler.send_header('Content-Length', str(length - start))
         handler.end_headers()
         remaining = self.drop_after.pop(name, length - start)

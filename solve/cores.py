@@ -84,8 +84,11 @@ class ThreadSetter:
         self.calls = []
         for name, function in THREAD_SETTERS:
             library = _loaded(name)
-            if library is not None:
-                self.calls.append(getattr(library, function))
+            # Another BLAS may stand in under the name (bench/blas.py): MKL has no such
+            # function, and follows OpenMP's count instead.
+            call = getattr(library, function, None) if library is not None else None
+            if call is not None:
+                self.calls.append(call)
 
     def __call__(self, count):
         for call in self.calls:
