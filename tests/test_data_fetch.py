@@ -81,7 +81,7 @@ def test_server_without_ranges_starts_over(tmp_path, server):
 
 def test_corrupt_download_is_fetched_again(tmp_path, server):
     (tmp_path / 'downloads').mkdir()
-    (tmp_path / 'downloads' / 'blob.bin').write_bytes(PAYLOAD[:-1] + b'!')
+    (tmp_path / 'downloads' / 'blob.bin').write_bytes(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 0xFF]))
     fetch = fetcher(tmp_path, server)
     assert fetch.fetch('blob').read_bytes() == PAYLOAD
     assert 'is corrupt (md5 ' in said(fetch) and len(server.requests) == 1
