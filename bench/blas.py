@@ -19,7 +19,6 @@ only when complete, so an interrupted preparation starts over cleanly.
 """
 
 import argparse
-import hashlib
 import importlib.util
 import os
 import shlex
@@ -156,7 +155,8 @@ def fetch_wheel(wheel, downloads, out):
     downloads.mkdir(parents=True, exist_ok=True)
     name, version = wheel.requirement.split('==')
     stem = f'{name.replace("-", "_")}-{version}-'
-    found = [path for path in downloads.glob(stem + '*.whl') if sha256(path) == wheel.sha256]
+    found = [path for path in downloads.glob(stem + '*.whl')
+             if BUILD.sha256_file(path) == wheel.sha256]
     if found:
         return found[0]
     print(f'blas: fetching {wheel.requirement} with pip', file=out)
@@ -171,7 +171,7 @@ def fetch_wheel(wheel, downloads, out):
             raise BlasError(f'pip could not fetch {wheel.requirement}: '
                             f'{result.stderr.strip()[-600:]}\n'
                             'Check the package index pip is configured with (pip config list).')
-        digest = sha256(fetched[0])
+        digest = BUILD.sha256_file(fetched[0])
         if digest != wheel.sha256:
             raise BlasError(f'{fetched[0].name} has SHA-256 {digest}, not the pinned '
                             f'{wheel.sha256}: the index serves another file under that '
@@ -213,14 +213,6 @@ def forwarding_library(path, target, functions, prefix, scratch):
                         f'define each of {prefix}{functions[0]}...?):\n{result.stderr.strip()}')
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def library_env(env, folder, extra=None):
     """`env` with `folder` searched first for Caffe's libopenblas.so.0, plus `extra`."""
     if not (Path(folder) / 'libopenblas.so.0').exists():
@@ -252,8 +244,8 @@ def main(argv=None):
     try:
         for name in names:
             folder = prepare(name, args.cache)
-            env = library_env(os.environ, folder, CANDIDATES[name].env)
             if args.shell:
+                env = library_env(os.environ, folder, CANDIDATES[name].env)
                 for key in ('LD_LIBRARY_PATH', *CANDIDATES[name].env):
                     print(f'export {key}={shlex.quote(env[key])}')
             else:
