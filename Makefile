@@ -32,13 +32,13 @@ $(VENV_STAMP): requirements.txt
 
 venv: $(VENV_STAMP) ## the virtualenv (.venv) with pinned requirements
 
-caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball, BLAS=openblas|openblas-pthread|blis)
+caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball, BLAS=openblas|openblas-pthread|blis); MKL made ready on Intel CPUs (FCN_BLAS=auto|mkl|default)
 	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS))
 
 test-caffe: caffe ## Caffe's own pycaffe test suite against the build
 	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test
 
-test-caffe-cpp: caffe ## Caffe's own C++ CPU test suite against the build (compiled once: ~10 min)
+test-caffe-cpp: caffe ## Caffe's own C++ CPU test suite against the build, on the BLAS chosen at run time (FCN_BLAS=mkl: MKL; compiled once: ~10 min)
 	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test-cpp
 
 test-project: caffe ## the project's own tests
@@ -353,8 +353,9 @@ bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memo
 	$(PY) -m bench $(BENCH_ARGS)
 
 # The same Caffe binary on each other BLAS (bench/blas.py fetches MKL and a current
-# OpenBLAS as pinned wheels, installs Debian's other builds), against the default build.
-bench-blas: caffe bench-torch ## Caffe on MKL, OpenBLAS 0.3.34, Debian's pthread OpenBLAS and BLIS vs the default (BENCH_ARGS=)
+# OpenBLAS as pinned wheels, installs Debian's other builds), against the BLAS the tools
+# choose at run time (solve/caffe_env.py: MKL on Intel CPUs; FCN_BLAS=default: Debian's).
+bench-blas: caffe bench-torch ## Caffe on MKL, OpenBLAS 0.3.34, Debian's pthread OpenBLAS and BLIS vs the chosen BLAS (BENCH_ARGS=)
 	$(PY) -m bench --parts forward train --blas all $(BENCH_ARGS)
 
 # ---- demo --------------------------------------------------------------------------
@@ -401,6 +402,13 @@ demo-repeat-check: $(TOY_STAMP) | caffe ## two short toy runs (classifier, surge
 			toy-fcn32s/val_log.json; do \
 		cmp $(REPEAT_DIR)/1/$$file $(REPEAT_DIR)/2/$$file || exit 1; done
 	@echo "two runs: the same weights, losses and scores"
+
+# The demo from scratch for each seed and BLAS kernel choice, one after another, each in a
+# copy of the tree (bench/demo_band.py): the band of scores and times a run falls in.
+# About 8 minutes a run on 2 cores; run nothing else meanwhile.
+.PHONY: demo-band
+demo-band: | caffe ## the demo for 3 seeds x 2 BLAS kernels: its band of scores and times (~50 min; BAND_ARGS=)
+	$(PY) -m bench.demo_band $(BAND_ARGS)
 
 # ---- rehearsal ---------------------------------------------------------------------
 # Every real pipeline at full size on the CPU, with only the iteration and image counts

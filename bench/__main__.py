@@ -5,9 +5,15 @@ outputs and loss to a relative difference of 1e-4, training gradients to 1e-2 in
 (see relative_difference).
 Each subject runs in its own process, so peak memory is its own; runs alternate
 (Caffe, PyTorch, SGEMM, Caffe, ...) so that load from elsewhere hits all alike, and the
-figures are medians. The contention part trains a toy FCN alone and beside one busy
+figures are medians. PyTorch's forward pass runs in several forms (--torch-forms; from the
+layer-by-layer interpreter to torch.compile, bench/torchnet.py), each checked against Caffe
+and timed in the same rounds: Caffe is compared with the fastest. The contention part trains a toy FCN alone and beside one busy
 process, with the project's thread settings and with the libraries' defaults
 (bench/contention.py). Writes runs/bench/results.json and prints a table.
+
+Caffe runs on the BLAS the project's tools choose for this CPU (solve/caffe_env.py: MKL on
+Intel CPUs, Debian's OpenBLAS elsewhere; FCN_BLAS=mkl or FCN_BLAS=default chooses), in
+every part; --blas and --blas-dir time others against it.
 """
 
 import argparse
@@ -26,8 +32,15 @@ import numpy as np
 from bench import blas, contention, nets, report
 
 sys.path.append(str(nets.REPO / 'solve'))
-import caffe_env  # noqa: E402,F401  (solve/ holds the tools' modules, imported by bare name)
+# The environment as the benchmark was started, before caffe_env sets Caffe's (its BLAS
+# choice: MKL's folder on LD_LIBRARY_PATH, MKL's threading layer): what PyTorch runs in.
+STARTED_ENV = dict(os.environ)
+import caffe_env  # noqa: E402  (solve/ holds the tools' modules, imported by bare name)
 import cores  # noqa: E402
+
+# What caffe_env set or changed, for Caffe's processes only.
+CAFFE_ENV_SET = {name: value for name, value in os.environ.items()
+                 if STARTED_ENV.get(name) != value}
 
 TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-2
@@ -40,6 +53,10 @@ CONTENTION_MODEL_DIR = nets.REPO / 'models' / 'toy-fcn8s'
 WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')
 # What the project's tools do: fit the thread count to the free cores (cores.py).
 PROJECT_THREAD_SETTINGS = {cores.SWITCH: '1'}
+# The forms of PyTorch's forward pass (bench/torchnet.py FORMS; named here so that the
+# driver need not import PyTorch), in the order they run in each round. The fastest is
+# the baseline Caffe is compared with; 'layers' is the interpreter with every blob kept.
+TORCH_FORMS = ('channels_last', 'compiled', 'plain', 'layers')
 
 
 def say(message):
@@ -53,7 +70,7 @@ class Worker:
         self.kind = kind
         self.label = label or kind
         if kind.startswith('torch'):
-            env = library_defaults(env)  # PyTorch as its users run it
+            env = torch_env(env)  # PyTorch as its users run it
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'bench.worker', kind, json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -191,22 +208,36 @@ def finish(workers, samples):
     that the first (Caffe's) counted."""
     infos = {}
     for worker in workers:
-        infos[worker.kind] = worker.info()
+        infos[worker.label] = worker.info()
         worker.close()
-    return {'samples': samples, 'flops': infos[workers[0].kind]['flops'], 'infos': infos}
+    return {'samples': samples, 'flops': infos[workers[0].label]['flops'], 'infos': infos}
 
 
 def compared(part, sgemm_flops):
-    """Medians, GFLOP/s, memory and the Caffe/PyTorch ratio of a finished part."""
+    """Medians, GFLOP/s, memory and the Caffe/PyTorch ratio of a finished part.
+
+    Where PyTorch ran in several forms (workers labelled torch@FORM), each form's figures
+    and Caffe's ratio to it are under 'torch_forms', and 'torch' is the fastest form (by
+    median): the baseline, whose name is its 'form'."""
     figures = {'sgemm': report.summarize(part['samples']['sgemm'], sgemm_flops)}
     limit = (part['samples']['sgemm'], sgemm_flops)
-    for kind, info in part['infos'].items():
-        summary = report.summarize(part['samples'][kind], part['flops'], limit)
+    forms = {}
+    for label, info in part['infos'].items():
+        summary = report.summarize(part['samples'][label], part['flops'], limit)
         summary.update(peak_mb=round(info['peak_mb']), baseline_mb=round(info['baseline_mb']))
         summary['process'] = {key: info[key] for key in
-                              ('libraries', 'openblas', 'torch', 'caffe', 'caffe_build')
-                              if key in info}
-        figures[kind.split('-')[0]] = summary
+                              ('libraries', 'openblas', 'torch', 'caffe', 'caffe_build',
+                               'env') if key in info}
+        if label.startswith('torch@'):
+            forms[label.split('@', 1)[1]] = summary
+        else:
+            figures[label.split('-')[0]] = summary
+    if forms:
+        for summary in forms.values():
+            summary['ratio'] = report.ratio(figures['caffe']['samples_s'], summary['samples_s'])
+        baseline = min(forms, key=lambda form: forms[form]['median_s'])
+        figures['torch'] = dict(forms[baseline], form=baseline)
+        figures['torch_forms'] = forms
     figures['ratio'] = report.ratio(figures['caffe']['samples_s'],
                                     figures['torch']['samples_s'])
     return figures
@@ -224,9 +255,10 @@ def machine():
                   Path('/proc/cpuinfo').read_text().splitlines()
                   if line.startswith('model name')), platform.processor())
     return {'cpu': model, 'cores': os.cpu_count(), 'system': platform.platform(),
-            'python': platform.python_version(),
+            'python': platform.python_version(), 'caffe_blas': caffe_env.BLAS[0],
             'blas_env': {key: value for key, value in os.environ.items()
-                         if key.startswith(('OPENBLAS', 'OMP_', 'MKL_', 'GOMP', 'BLIS'))}}
+                         if key.startswith(('OPENBLAS', 'OMP_', 'MKL_', 'GOMP', 'BLIS',
+                                            'FCN_BLAS'))}}
 
 
 def parse_args(argv):
@@ -268,12 +300,18 @@ def parse_args(argv):
                              'under the same binary: DIR holds a libopenblas.so.0 (a link to '
                              'that library; a libcaffe.so.1.0.0 beside it swaps in another '
                              'Caffe build) and is searched first; its outputs are checked '
-                             'against PyTorch like the default (repeatable)')
+                             'against PyTorch like the chosen BLAS\'s (repeatable)')
     parser.add_argument('--blas', action='append', default=[], metavar='NAME',
                         choices=[*blas.CANDIDATES, 'all'],
                         help='like --blas-dir, for a candidate bench/blas.py makes ready '
                              '(fetched or installed on first use): '
                              f'{", ".join(blas.CANDIDATES)}, or all (repeatable)')
+    parser.add_argument('--torch-forms', nargs='+', choices=TORCH_FORMS, default=TORCH_FORMS,
+                        metavar='FORM',
+                        help="PyTorch's forward pass in these forms, each checked against "
+                             'Caffe and timed in the same rounds; the fastest is the baseline '
+                             f'(default: {" ".join(TORCH_FORMS)}; bench/torchnet.py says what '
+                             'each is)')
     parser.add_argument('--out', type=Path, default=DEFAULT_OUT,
                         help='results file (default: %(default)s)')
     args = parser.parse_args(argv)
@@ -369,8 +407,15 @@ def measure_frameworks(args, config, env, scratch, results):
     sgemm = Worker('sgemm', config, env)
     finished = {}
     # The Caffe forward worker writes the random weights every other subject loads.
-    caffe, torch = (Worker(kind, config, env) for kind in ('caffe-forward', 'torch-forward'))
+    caffe = Worker('caffe-forward', config, env)
+    # Without the forward part, one form is enough for the check.
+    torches = torch_form_workers(args.torch_forms if 'forward' in args.parts
+                                 else args.torch_forms[:1], config, env, results)
+    torch = torches[0]
     results['checks']['forward'] = check('forward', caffe, torch, scratch)
+    for other in torches[1:]:
+        name = f"forward@{other.label.split('@', 1)[1]}"
+        results['checks'][name] = check(name, caffe, other, scratch)
     config['compare'] = sorted(results['checks']['forward'])
     # The training label takes the classes of the net's (first) score output.
     classes = caffe.info()['outputs'][config['compare'][0]][1]
@@ -385,19 +430,19 @@ def measure_frameworks(args, config, env, scratch, results):
     blas = {}
     if 'forward' in args.parts:
         say('timing forward passes')
-        finished['forward'] = time_part('forward', caffe, torch, variants, sgemm, args,
+        finished['forward'] = time_part('forward', caffe, torches, variants, sgemm, args,
                                         loads, blas, results)
     else:
-        for worker in (caffe, *variants, torch):
+        for worker in (caffe, *variants, *torches):
             worker.close()
     if 'train' in args.parts:
         checkers = [Worker(kind, config, env) for kind in ('caffe-check', 'torch-check')]
         results['checks']['train'] = check('train', *checkers, scratch)
         for worker in checkers:
             worker.close()
-        trainers = [Worker(kind, config, env) for kind in ('caffe-train', 'torch-train')]
+        caffe, torch = (Worker(kind, config, env) for kind in ('caffe-train', 'torch-train'))
         say('timing training iterations')
-        finished['train'] = time_part('train', *trainers,
+        finished['train'] = time_part('train', caffe, [torch],
                                       variant_workers('caffe-train', args, config, env),
                                       sgemm, args, loads, blas, results)
     sgemm_info = sgemm.info()
@@ -406,7 +451,25 @@ def measure_frameworks(args, config, env, scratch, results):
     for name, part in finished.items():
         results[name] = compared(part, sgemm_info['flops'])
     if args.blas_dir:
-        results['blas'] = compared_blas(blas, finished, sgemm_info['flops'])
+        results['blas'] = compared_blas(blas, finished, sgemm_info['flops'], results)
+
+
+def torch_form_workers(forms, config, env, results):
+    """A torch-forward worker for each of `forms`, labelled torch@FORM. A form whose worker
+    cannot be set up (torch.compile without a working C++ compiler, say) is left out, and
+    why is kept in results['torch_forms_unavailable']; at least one must be set up."""
+    workers = []
+    for form in forms:
+        try:
+            workers.append(Worker('torch-forward', dict(config, torch_form=form), env,
+                                  label=f'torch@{form}'))
+        except SystemExit as error:
+            say(f'PyTorch form {form} left out: {error}')
+            reason = str(error).strip().splitlines()[-1]
+            results.setdefault('torch_forms_unavailable', {})[form] = reason
+    if not workers:
+        raise SystemExit(f'bench: none of the PyTorch forms {", ".join(forms)} could be set up')
+    return workers
 
 
 def variant_workers(kind, args, config, env):
@@ -422,11 +485,12 @@ def variant_workers(kind, args, config, env):
 LAYER_RESULTS = {'forward': ('layers', 1), 'train': ('train_layers', 3)}
 
 
-def time_part(part, caffe, torch, variants, sgemm, args, loads, blas, results):
+def time_part(part, caffe, torches, variants, sgemm, args, loads, blas, results):
     """Time one part ('forward' or 'train'): Caffe, the --blas-dir variants (closed after,
-    their samples into blas[part]), PyTorch and the SGEMM limit in alternation; with
-    --layers, Caffe's layers too. Returns the part's samples and process figures."""
-    samples = alternate([caffe, *variants, torch, sgemm], args.rounds, loads)
+    their samples into blas[part]), PyTorch (each of its forms) and the SGEMM limit in
+    alternation; with --layers, Caffe's layers too. Returns the part's samples and process
+    figures."""
+    samples = alternate([caffe, *variants, *torches, sgemm], args.rounds, loads)
     blas[part] = {variant.label: (samples.pop(variant.label), variant.info())
                   for variant in variants}
     for variant in variants:
@@ -438,12 +502,13 @@ def time_part(part, caffe, torch, variants, sgemm, args, loads, blas, results):
         rows = caffe.request('layers', passes=passes)['result']
         limit = 2 * sgemm.info()['flops'] / (before + sgemm.run()) / report.GIGA
         results[key] = {'rows': rows, 'sgemm_gflops': round(limit, 1), 'passes': passes}
-    return finish([caffe, torch], samples)
+    return finish([caffe, *torches], samples)
 
 
-def compared_blas(blas, finished, sgemm_flops):
+def compared_blas(blas, finished, sgemm_flops, results):
     """Each other BLAS's figures in each part timed ('forward', 'train'), with its ratios to
-    PyTorch and to the default Caffe (medians of each round's ratio): {name: {part: ...}}."""
+    PyTorch's baseline (results[part]['torch']) and to the default Caffe (medians of each
+    round's ratio): {name: {part: ...}}."""
     figures = {}
     for part, runs in blas.items():
         samples = finished[part]['samples']
@@ -452,7 +517,8 @@ def compared_blas(blas, finished, sgemm_flops):
                                        (samples['sgemm'], sgemm_flops))
             summary.update(peak_mb=round(info['peak_mb']), libraries=info['libraries'],
                            openblas=info['openblas'],
-                           ratio_to_torch=report.ratio(times, samples[f'torch-{part}']),
+                           ratio_to_torch=report.ratio(times,
+                                                       results[part]['torch']['samples_s']),
                            ratio_to_default=report.ratio(times, samples[f'caffe-{part}']))
             figures.setdefault(label.split('@', 1)[1], {})[part] = summary
     return figures
@@ -475,6 +541,25 @@ def measure_data(args, config, env, train):
         figures['of_train_iteration'] = round(
             figures['median_s'] / train['caffe']['median_s'], 4)
     return figures
+
+
+def torch_env(env, started=None, caffe_set=None):
+    """`env` for a PyTorch worker: the libraries' defaults (library_defaults), and none of
+    what caffe_env set for Caffe (`caffe_set`, by default CAFFE_ENV_SET): each such
+    variable back to its value when the benchmark started (`started`, STARTED_ENV), or
+    gone. PyTorch's own MKL is linked in and ignores MKL's library-choosing variables, but
+    nothing meant for Caffe's libraries should reach the baseline's process."""
+    started = STARTED_ENV if started is None else started
+    caffe_set = CAFFE_ENV_SET if caffe_set is None else caffe_set
+    plain = dict(env)
+    for name, value in caffe_set.items():
+        if plain.get(name) != value:
+            continue
+        if name in started:
+            plain[name] = started[name]
+        else:
+            del plain[name]
+    return library_defaults(plain)
 
 
 def library_defaults(env):

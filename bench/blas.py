@@ -1,9 +1,15 @@
 """Other BLAS libraries under the same Caffe binary, made ready in folders.
 
 Caffe's library asks the loader for `libopenblas.so.0` and calls the CBLAS functions in
-CAFFE_CBLAS. A folder searched first (LD_LIBRARY_PATH) whose `libopenblas.so.0` defines them
-swaps in another BLAS without rebuilding Caffe: `python -m bench --blas NAME` times Caffe on
-it against the default, after checking its outputs against PyTorch.
+CAFFE_CBLAS. A folder whose `libopenblas.so.0` provides them swaps in another BLAS without
+rebuilding Caffe, two ways: searched first (LD_LIBRARY_PATH, with FCN_BLAS=default so that
+the tools load no BLAS of their own choice ahead of it), as `python -m bench --blas NAME`
+does to time Caffe on it, after checking its outputs against PyTorch; or loaded into a
+process before Caffe, as solve/caffe_env.py does with MKL on Intel CPUs. The loader takes
+a library already in the process for Caffe's only when `libopenblas.so.0` is that
+library's own name (its SONAME), so where the BLAS's file has another name (MKL's
+libmkl_rt.so.3, BLIS's libblis.so.4) the folder's `libopenblas.so.0` is a small library
+of that name that needs it, and brings its functions along.
 
 The candidates (CANDIDATES):
 - Debian's other builds, linked in place: OpenBLAS with its own thread pool and BLIS;
@@ -50,6 +56,10 @@ CAFFE_CBLAS = tuple(f'cblas_{kind}{name}' for kind in 'sd' for name in
                     ('asum', 'axpy', 'copy', 'dot', 'gemm', 'gemv', 'scal'))
 # What the project's tools call to set the thread count (solve/cores.py), forwarded too.
 THREAD_FUNCTIONS = ('openblas_set_num_threads', 'openblas_get_num_threads')
+# The name libcaffe asks the loader for (its DT_NEEDED entry).
+CAFFE_LIBRARY = 'libopenblas.so.0'
+# The variable the project's tools choose their BLAS by (solve/caffe_env.py reads it).
+CHOICE_VARIABLE = 'FCN_BLAS'
 
 
 class BlasError(Exception):
@@ -116,8 +126,12 @@ def prepare(name, cache=DEFAULT_CACHE, candidates=CANDIDATES, out=sys.stderr):
         raise BlasError(f'no BLAS candidate {name!r}: choose from {", ".join(candidates)}')
     candidate = candidates[name]
     folder = Path(cache) / name
-    if folder.is_dir():
+    if current(folder):
         return folder
+    if folder.exists():
+        print(f'blas: remaking {folder}: its {CAFFE_LIBRARY} is missing or a link to a '
+              "library of another name, which cannot stand in for Caffe's when loaded "
+              'ahead of it', file=out)
     if candidate.system is not None and not candidate.system.exists():
         try:
             BUILD.ensure_system_packages([candidate.package])
@@ -136,18 +150,62 @@ def prepare(name, cache=DEFAULT_CACHE, candidates=CANDIDATES, out=sys.stderr):
         else:
             target = candidate.system
         if candidate.prefix:
-            forwarding_library(work / 'libopenblas.so.0', target,
+            forwarding_library(work / CAFFE_LIBRARY, target,
                                CAFFE_CBLAS + THREAD_FUNCTIONS, candidate.prefix, work)
+        elif target.name == CAFFE_LIBRARY:
+            # Debian names its OpenBLAS builds so: a link is already the right name.
+            (work / CAFFE_LIBRARY).symlink_to(target)
         else:
-            (work / 'libopenblas.so.0').symlink_to(
-                target.name if target.parent == work else target)
+            forwarding_library(work / CAFFE_LIBRARY, target, (), '', work)
         work.chmod(0o755)
-        work.rename(folder)
+        place(work, folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     print(f'blas: {name} ready in {folder}', file=out)
     return folder
+
+
+def current(folder):
+    """Whether `folder` is a finished candidate folder whose libopenblas.so.0 has that
+    name as its own: a library made here, or a link to a file of that name. A link to a
+    library of another name cannot stand in for Caffe's when loaded ahead of it, so a
+    folder holding one is remade."""
+    library = Path(folder) / CAFFE_LIBRARY
+    if not library.exists():
+        return False
+    return not library.is_symlink() or Path(os.readlink(library)).name == CAFFE_LIBRARY
+
+
+def ready(name, cache=DEFAULT_CACHE):
+    """Candidate `name`'s folder if it is ready, else None; nothing is fetched or made."""
+    folder = Path(cache) / name
+    return folder if current(folder) else None
+
+
+def place(work, folder):
+    """Move the finished folder `work` to `folder`. An outdated folder there is set aside
+    and removed; one that another process finished meanwhile is kept, and `work` dropped
+    (processes that have a folder's libraries loaded keep them: the files stay until
+    they exit)."""
+    for _ in range(3):
+        try:
+            work.rename(folder)
+            return
+        except OSError:
+            if current(folder):
+                shutil.rmtree(work, ignore_errors=True)
+                return
+        outdated = Path(tempfile.mkdtemp(prefix=f'.{folder.name}-outdated-',
+                                         dir=folder.parent))
+        try:
+            folder.rename(outdated)
+        except FileNotFoundError:
+            outdated.rmdir()
+            continue
+        shutil.rmtree(outdated, ignore_errors=True)
+    raise BlasError(f'could not put {work} in place of {folder}: another process keeps '
+                    'changing it; try again')
 
 
 def fetch_wheel(wheel, downloads, out):
@@ -193,9 +251,11 @@ def unpack(path, wheel, folder):
 
 
 def forwarding_library(path, target, functions, prefix, scratch):
-    """Build `path`, a shared library defining each of `functions` as a jump to
-    `prefix + function` in `target`. The jumps pass every argument register through
-    untouched, so no signature is needed; the link fails if `target` lacks one."""
+    """Build `path`, a shared library named after its file (SONAME) that needs `target` and
+    defines each of `functions` as a jump to `prefix + function` in `target`. The jumps
+    pass every argument register through untouched, so no signature is needed; the link
+    fails if `target` lacks one. With no functions it only needs `target`: the loader
+    looks a library's functions up in what it needs too."""
     lines = ['\t.text']
     for function in functions:
         lines += [f'\t.globl {function}', f'\t.type {function}, @function',
@@ -203,23 +263,35 @@ def forwarding_library(path, target, functions, prefix, scratch):
     lines.append('\t.section .note.GNU-stack,"",@progbits')
     source = Path(scratch) / 'forward.s'
     source.write_text('\n'.join(lines) + '\n')
+    # The target is found beside the library, or where Debian installed it.
+    search = '$ORIGIN' if target.parent == path.parent else str(target.parent)
     result = subprocess.run(
         ['gcc', '-shared', '-nostdlib', '-o', str(path), str(source),
-         f'-Wl,-soname,{path.name}', '-Wl,--no-undefined', '-Wl,-rpath,$ORIGIN',
-         f'-L{target.parent}', f'-l:{target.name}'], capture_output=True, text=True)
+         f'-Wl,-soname,{path.name}', '-Wl,--no-undefined', f'-Wl,-rpath,{search}',
+         f'-L{target.parent}', '-Wl,--no-as-needed', f'-l:{target.name}'],
+        capture_output=True, text=True)
     source.unlink()
     if result.returncode != 0:
-        raise BlasError(f'could not link the forwarding library for {target} (does it '
-                        f'define each of {prefix}{functions[0]}...?):\n{result.stderr.strip()}')
+        asked = f' (does it define each of {prefix}{functions[0]}...?)' if functions else ''
+        raise BlasError(f'could not link the library of Caffe\'s name for {target}{asked}:\n'
+                        f'{result.stderr.strip()}')
 
 
-def library_env(env, folder, extra=None):
-    """`env` with `folder` searched first for Caffe's libopenblas.so.0, plus `extra`."""
-    if not (Path(folder) / 'libopenblas.so.0').exists():
-        raise BlasError(f'{folder} holds no libopenblas.so.0 (make it a link to the BLAS '
+def library_env(env, folder, extra=None, choice='default'):
+    """`env` with `folder` searched first for Caffe's libopenblas.so.0, plus `extra`, and
+    FCN_BLAS=`choice` (None: as in `env`): 'default' keeps the project's tools from
+    loading the BLAS they would choose themselves ahead of the one found here
+    (solve/caffe_env.py)."""
+    if not (Path(folder) / CAFFE_LIBRARY).exists():
+        raise BlasError(f'{folder} holds no {CAFFE_LIBRARY} (make it a link to the BLAS '
                         'library to try)')
-    return dict(env, **(extra or {}), LD_LIBRARY_PATH=os.pathsep.join(
-        filter(None, [str(folder), env.get('LD_LIBRARY_PATH')])))
+    others = [item for item in env.get('LD_LIBRARY_PATH', '').split(os.pathsep)
+              if item and item != str(folder)]
+    result = dict(env, **(extra or {}),
+                  LD_LIBRARY_PATH=os.pathsep.join([str(folder), *others]))
+    if choice is not None:
+        result[CHOICE_VARIABLE] = choice
+    return result
 
 
 def main(argv=None):
@@ -236,7 +308,9 @@ def main(argv=None):
                              'moves it with the Caffe builds)')
     parser.add_argument('--shell', action='store_true',
                         help='print `export` lines that run Caffe on the (one) candidate, '
-                             'e.g. eval "$(python -m bench.blas mkl --shell)"')
+                             'e.g. eval "$(python -m bench.blas mkl --shell)"; among them '
+                             'FCN_BLAS=default, so that the tools load no BLAS of their '
+                             'choice ahead of it (solve/caffe_env.py)')
     args = parser.parse_args(argv)
     names = args.names or list(CANDIDATES)
     if args.shell and len(names) != 1:
@@ -246,7 +320,7 @@ def main(argv=None):
             folder = prepare(name, args.cache)
             if args.shell:
                 env = library_env(os.environ, folder, CANDIDATES[name].env)
-                for key in ('LD_LIBRARY_PATH', *CANDIDATES[name].env):
+                for key in ('LD_LIBRARY_PATH', *CANDIDATES[name].env, CHOICE_VARIABLE):
                     print(f'export {key}={shlex.quote(env[key])}')
             else:
                 extra = ' '.join(f'{key}={value}' for key, value in CANDIDATES[name].env.items())

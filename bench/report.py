@@ -51,7 +51,9 @@ def table(results):
     lines = [f"{results['model']} at {results['width']}x{results['height']}, "
              f"{results['rounds']} alternating rounds; load average "
              f"{results['load']['start'][0]:.2f} -> {results['load']['end'][0]:.2f} "
-             f"on {results['machine']['cores']} cores"]
+             f"on {results['machine']['cores']} cores"
+             + (f"; Caffe's BLAS: {results['machine']['caffe_blas']}"
+                if 'caffe_blas' in results['machine'] else '')]
     if 'forward' in results or 'train' in results:
         lines.append(f"{'':24}{'Caffe':>12}{'PyTorch':>12}{'Caffe/PyTorch':>15}")
     for part, title in (('forward', 'forward'), ('train', 'forward+backward')):
@@ -70,6 +72,7 @@ def table(results):
             f"{_cell(torch, 'peak_mb', '{:.0f}'):>12}"
             f"{caffe['peak_mb'] / torch['peak_mb']:>15.2f}",
         ]
+        lines += form_lines(results[part], results.get('torch_forms_unavailable', {}))
     if 'sgemm' in results:
         lines.append(f"SGEMM limit: numpy float32 {results['sgemm']['size']}^2 matmul, "
                      f"GFLOP/s in the same rounds")
@@ -90,6 +93,24 @@ def table(results):
                              f"{max(values):.1e} (tolerance "
                              f"{results['tolerance'][kind]:.0e})")
     return '\n'.join(lines)
+
+
+def form_lines(part, unavailable):
+    """One line for each form PyTorch's pass was timed in (a part's 'torch_forms'): its
+    median, Caffe's ratio to it, its share of the SGEMM limit and peak memory; the
+    fastest, the baseline of the lines above, marked. Forms that could not be set up
+    follow with the reason."""
+    forms = part.get('torch_forms')
+    if not forms:
+        return []
+    lines = ["  PyTorch by form (s, Caffe/form, of SGEMM limit, peak MB):"]
+    for form, row in forms.items():
+        mark = '  <- baseline' if form == part['torch'].get('form') else ''
+        lines.append(f"{'    ' + form:24}{'':>12}{row['median_s']:>12.3f}{row['ratio']:>15.3f}"
+                     f"{_cell(row, 'of_sgemm', '{:.0%}'):>7}{row['peak_mb']:>7.0f}{mark}")
+    for form, reason in unavailable.items():
+        lines.append(f"{'    ' + form:24}not timed: {reason}")
+    return lines
 
 
 def blas_table(blas):

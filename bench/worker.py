@@ -64,6 +64,18 @@ def openblas_threads():
     return found
 
 
+# Variables that steer the BLAS, OpenMP and oneDNN libraries (or which of them load).
+LIBRARY_VARIABLE_PREFIXES = ('OMP_', 'GOMP_', 'KMP_', 'MKL_', 'OPENBLAS_', 'GOTO', 'BLIS_',
+                             'DNNL_', 'ONEDNN_', 'LD_LIBRARY_PATH', 'LD_PRELOAD', 'FCN_BLAS',
+                             'FCN_ADAPT_THREADS')
+
+
+def library_variables():
+    """This process's variables that steer its numerical libraries: what it really ran with."""
+    return {name: value for name, value in sorted(os.environ.items())
+            if name.startswith(LIBRARY_VARIABLE_PREFIXES)}
+
+
 def checked_keys(net, weights, phase):
     """Learned parameter blobs whose gradients the training check compares."""
     keys = []
@@ -97,7 +109,8 @@ class Subject:
 
     def info(self):
         return {'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                'libraries': loaded_libraries(), 'openblas': openblas_threads()}
+                'libraries': loaded_libraries(), 'openblas': openblas_threads(),
+                'env': library_variables()}
 
 
 def layer_seconds(net, passes, backward):
@@ -289,12 +302,22 @@ class TorchSubject(Subject):
 
 
 class TorchForward(TorchSubject):
+    """The deploy net's forward pass in inference mode, in the config's `torch_form` (one of
+    bench.torchnet.FORMS)."""
+
     def __init__(self, config):
         super().__init__(config)
+        from bench.torchnet import Inference
         pb = nets.caffe_pb2()
-        self.definition, self.net = self.module(config['deploy'], pb.TEST)
+        self.definition, net = self.module(config['deploy'], pb.TEST)
         self.outputs = [top for layer in self.definition.layer for top in layer.top
                         if not any(top in other.bottom for other in self.definition.layer)]
+        self.form = config['torch_form']
+        self.net = Inference(net, self.form, self.outputs)
+        if self.form == 'compiled':
+            # torch.compile compiles on the first call: here, so that a compiler that fails
+            # shows at set-up, and neither the check nor the warm-up run is the compiling.
+            self.forward()
 
     def forward(self):
         with self.torch.inference_mode():
@@ -306,6 +329,11 @@ class TorchForward(TorchSubject):
     def dump(self, path):
         blobs = self.forward()
         save_npz(path, {name: blobs[name].numpy() for name in self.outputs})
+
+    def info(self):
+        info = super().info()
+        info['torch']['form'] = self.form
+        return info
 
 
 class TorchTrain(TorchSubject):
@@ -406,8 +434,12 @@ def main(argv=None):
     os.dup2(2, 1)
     try:
         # The framework's own import is part of the baseline, not of the subject's memory.
-        __import__('torch' if kind.startswith('torch') else 'caffe' if kind != 'sgemm'
-                   else 'numpy')
+        # Caffe's subjects run on the BLAS the tools choose (caffe_env.py, loaded first).
+        framework = ('torch' if kind.startswith('torch') else 'caffe' if kind != 'sgemm'
+                     else 'numpy')
+        if framework == 'caffe':
+            import caffe_env  # noqa: F401
+        __import__(framework)
         baseline_mb = rss_mb()
         subject = KINDS[kind](json.loads(config))
     except Exception:

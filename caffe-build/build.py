@@ -688,11 +688,38 @@ def cpp_tests(src, cache, mirrors, flags, key, jobs):
 
 def run_cpp_tests(folder):
     """Caffe's C++ suite on the CPU: every test but the GPU ones, run from the source
-    tree as Caffe's `make runtest` does (tests open src/caffe/test/test_data/...)."""
+    tree as Caffe's `make runtest` does (tests open src/caffe/test/test_data/...), on the
+    BLAS the project's tools choose (with_runtime_env)."""
     binary = folder / 'build' / 'test' / 'test.testbin'
     say(f'running {binary} --gtest_filter={CPP_TEST_FILTER}')
-    return subprocess.run([binary, f'--gtest_filter={CPP_TEST_FILTER}'],
+    return subprocess.run(with_runtime_env([binary, f'--gtest_filter={CPP_TEST_FILTER}']),
                           cwd=folder / 'src').returncode
+
+
+# The project's tools choose the BLAS Caffe runs on when they start, by the CPU or by
+# FCN_BLAS (MKL on Intel CPUs), and set the environment for it; where only caffe-build/ is
+# present (the Docker image's build stage) there is nothing to choose from.
+RUNTIME_ENV_SCRIPT = HERE.parent / 'solve' / 'caffe_env.py'
+
+
+def with_runtime_env(command):
+    """`command` run with the environment the project's tools run Caffe with, so that
+    Caffe's own tests test the BLAS that training runs on; as it is where that script
+    is absent."""
+    if not RUNTIME_ENV_SCRIPT.exists():
+        return [str(part) for part in command]
+    return [sys.executable, str(RUNTIME_ENV_SCRIPT), '--', *map(str, command)]
+
+
+def prepare_runtime_blas():
+    """Make the BLAS the project's tools will choose ready (MKL on an Intel CPU: its pinned
+    wheel fetched through pip once). Where FCN_BLAS is auto this never fails: a BLAS that
+    cannot be made ready leaves Caffe on the one it links, with one warning line."""
+    if not RUNTIME_ENV_SCRIPT.exists():
+        return
+    if subprocess.run([sys.executable, str(RUNTIME_ENV_SCRIPT), '--prepare']).returncode:
+        raise BuildError('the BLAS FCN_BLAS names could not be made ready (the reason is '
+                         'above); unset FCN_BLAS to let the CPU choose')
 
 
 def keep_pycaffe_tests(tree, dest):
@@ -781,6 +808,12 @@ def parse_args(argv):
                         help="run Caffe's own C++ test suite (CPU tests) against the build, "
                              'compiling it first if the cache has none for this build '
                              '(about 10 minutes on 2 cores)')
+    parser.epilog = (
+        'The BLAS Caffe runs on is chosen when it runs, by solve/caffe_env.py: MKL on Intel\n'
+        "CPUs, Debian's OpenBLAS (the one linked) elsewhere; env FCN_BLAS=auto|mkl|default\n"
+        'overrides it. A CPU build makes the chosen one ready (MKL: its pinned wheel, fetched\n'
+        'through pip once) and both test suites run on it: FCN_BLAS=mkl ... --test-cpp runs\n'
+        "Caffe's C++ tests on MKL on any CPU.")
     return parser.parse_args(argv)
 
 
@@ -830,6 +863,9 @@ def main(argv=None):
         print(json.dumps(info, indent=2))
     else:
         say(f'using {args.cache / key}')
+        # A CUDA build computes on its GPU; the CPU's BLAS is left as linked.
+        if not args.cuda:
+            prepare_runtime_blas()
     if args.test:
         sys.exit(run_pycaffe_tests(info))
     if args.test_cpp:
@@ -876,8 +912,9 @@ def run_pycaffe_tests(info):
     ensure_system_packages(TEST_PACKAGES)
     env = dict(os.environ, PYTHONPATH=info['pythonpath'], GLOG_minloglevel='2')
     with tempfile.TemporaryDirectory() as scratch:
-        return subprocess.run([sys.executable, '-c', PYCAFFE_TEST_RUNNER, info['tests']],
-                              cwd=scratch, env=env).returncode
+        return subprocess.run(
+            with_runtime_env([sys.executable, '-c', PYCAFFE_TEST_RUNNER, info['tests']]),
+            cwd=scratch, env=env).returncode
 
 
 if __name__ == '__main__':

@@ -18,7 +18,9 @@ stages without an edit of the table. A declaration holds:
                     ModelSpec.init), skip_scales, fresh_scores, and its solver: solver_type,
                     normalize_loss, base_lr, momentum, iter_size, max_iter (the run's
                     length), snapshot and test_every (iterations between snapshots and
-                    between scores of the val net)
+                    between scores of the val net), and optionally lr_policy ("fixed" or
+                    "poly"), power (poly's exponent) and weight_decay (without them: the
+                    reference's fixed rate and 5e-4)
 
 Every value may be edited by hand (then `make models` writes the prototxts again).
 Standard library only: the Makefile reads the table with the system python3.
@@ -107,10 +109,17 @@ STAGE_KEYS = {
     'max_iter': (_positive_int, 'a positive integer'),
     'snapshot': (_positive_int, 'a positive integer'),
     'test_every': (_positive_int, 'a positive integer'),
+    'lr_policy': (lambda v: v in ('fixed', 'poly'), '"fixed" or "poly"'),
+    'power': (lambda v: v is None or (_number(v) and v > 0), 'a positive number or null'),
+    'weight_decay': (lambda v: _number(v) and v >= 0, 'a number >= 0'),
 }
+# Stage keys a declaration may leave out (those written before they existed): the
+# reference solvers' values.
+STAGE_DEFAULTS = {'lr_policy': 'fixed', 'power': None, 'weight_decay': 0.0005}
 
 
-def _checked(entries, keys, where):
+def _checked(entries, keys, where, defaults=None):
+    entries = {**(defaults or {}), **entries}
     unknown = sorted(set(entries) - set(keys))
     if unknown:
         raise LocalModelError(f'{where}: unknown key {unknown[0]!r} (known: {", ".join(keys)})')
@@ -131,7 +140,7 @@ def from_dict(name, declaration, path):
     head = Head('score', 'label', len(d['classes']), class_names=tuple(d['classes']))
     stages = []
     for index, stage in enumerate(d['stages']):
-        s = _checked(stage, STAGE_KEYS, f'{path}: stages[{index}]')
+        s = _checked(stage, STAGE_KEYS, f'{path}: stages[{index}]', STAGE_DEFAULTS)
         stages.append(ModelSpec(
             s['name'], dataset='folder', body=d['body'], stride=s['stride'], heads=(head,),
             init=s['init'], train_split=d['train_split'], val_split=d['val_split'],
@@ -141,7 +150,8 @@ def from_dict(name, declaration, path):
             fc6_kernel=d['fc6_kernel'], skip_scales=tuple(s['skip_scales']),
             normalize_loss=s['normalize_loss'], deploy_size=tuple(d['deploy_size']),
             solver_type=s['solver_type'], snapshot=s['snapshot'], test_every=s['test_every'],
-            fresh_scores=s['fresh_scores']))
+            fresh_scores=s['fresh_scores'], lr_policy=s['lr_policy'], power=s['power'],
+            weight_decay=float(s['weight_decay'])))
     return LocalModel(name, Path(path), d['data'], tuple(d['classes']), d['train_split'],
                       d['val_split'], tuple(stages))
 

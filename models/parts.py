@@ -36,11 +36,12 @@ FC_OUTPUTS = 4096
 SOLVER_DEFAULTS = dict(
     train_net='train.prototxt', test_net=['val.prototxt'],
     test_interval=999999999, test_initialization=False,
-    display=20, average_loss=20, lr_policy='fixed', weight_decay=0.0005)
+    display=20, average_loss=20)
 # solver.prototxt lists the fields in this order (protobuf would print them by number).
 SOLVER_ORDER = ('train_net', 'test_net', 'test_iter', 'test_interval', 'test_initialization',
-                'display', 'average_loss', 'type', 'lr_policy', 'base_lr', 'momentum', 'iter_size',
-                'max_iter', 'weight_decay', 'snapshot', 'snapshot_prefix', 'random_seed')
+                'display', 'average_loss', 'type', 'lr_policy', 'base_lr', 'power', 'momentum',
+                'iter_size', 'max_iter', 'weight_decay', 'snapshot', 'snapshot_prefix',
+                'random_seed')
 SOLVER_COMMENTS = {
     'test_interval': 'the test net is set up but never run by the solver: evaluation runs '
                      'from Python between solver steps',
@@ -269,7 +270,9 @@ def solver(spec):
     message = caffe_pb2.SolverParameter(
         **SOLVER_DEFAULTS, test_iter=[math.ceil(spec.val_size / spec.batch_size)],
         base_lr=spec.base_lr, momentum=spec.momentum, iter_size=spec.iter_size,
-        max_iter=spec.max_iter)
+        max_iter=spec.max_iter, lr_policy=spec.lr_policy, weight_decay=spec.weight_decay)
+    if spec.power is not None:
+        message.power = spec.power
     if spec.snapshot:  # the reference's SIFT Flow solvers name no snapshots at all
         message.snapshot = spec.snapshot
         message.snapshot_prefix = 'snapshot/train'

@@ -57,8 +57,11 @@ class ModelSpec:
                 relative to the repository), or None (from scratch)
     train_split, val_split, train_data, val_data: the data layer of train/val.prototxt
     val_size    images in val_split: the solver's test_iter (per batch)
-    base_lr, momentum, iter_size, max_iter: the solver (lr_policy fixed, weight decay
-                5e-4 for all), as the reference's solver.prototxt says
+    base_lr, momentum, iter_size, max_iter: the solver, as the reference's solver.prototxt
+                says
+    lr_policy, power, weight_decay: the reference's for every reference net (fixed rate,
+                5e-4); the toy nets decay the rate to zero ('poly', power 1) and do not
+                decay weights (models/README.md, the toy recipe)
     snapshot    the solver's snapshot interval (0: the solver names none, as the
                 reference's SIFT Flow solvers); solve.py snapshots at it, else at test_every
     iterations  how long training runs: what the reference's solve script ran, K calls of
@@ -122,6 +125,9 @@ class ModelSpec:
     init_snapshots: tuple = ()
     random_seed: int | None = None
     fresh_scores: bool = False
+    lr_policy: str = 'fixed'
+    power: float | None = None
+    weight_decay: float = 0.0005
 
 
 # ---- reference models --------------------------------------------------------------
@@ -249,6 +255,7 @@ TOY_CLASSES = 6  # background + 5 hues; the classifier uses the same ids (0 neve
 TOY_MEAN = (128.0, 128.0, 128.0)
 TOY = dict(dataset='toy', body='vgg16', width=TOY_WIDTH, fc6_kernel=4,
            train_split='train', val_split='val', normalize_loss=True, solver_type='Adam',
+           lr_policy='poly', power=1.0, weight_decay=0.0,
            momentum=0.9, iter_size=1, snapshot=500, test_every=500, random_seed=1337)
 TOY_SEG_LAYER = data_layer('layers.voc.VOCSegDataLayer', voc_dir='toy', mean=TOY_MEAN)
 TOY_FCN = dict(

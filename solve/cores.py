@@ -1,7 +1,8 @@
 """Caffe's CPU threads, fitted to the cores that other programs leave free.
 
 Every Caffe layer on the CPU is one or more OpenMP parallel regions (the patched
-im2col/col2im loops, and the OpenMP OpenBLAS in the same libgomp pool), split evenly
+im2col/col2im loops, and the BLAS in the same libgomp pool: the OpenMP OpenBLAS, or MKL
+with its GNU threading layer, caffe_env.py), split evenly
 between the threads. Between regions, libgomp's threads spin for about 8 ms before they
 sleep. Alone, that spinning is what makes the many short regions of a small net cheap:
 telling the threads to sleep sooner (GOMP_SPINCOUNT=1000) cost the toy FCN 8-20% alone.
@@ -70,11 +71,14 @@ def _loaded(name):
 
 
 # What sets the thread count, in each library that may be in the process: libgomp (Caffe's
-# loops, and OpenBLAS's OpenMP build, which follows it), and the BLAS builds that keep a
-# count of their own (OpenBLAS's pthread build, BLIS).
+# loops, and the BLAS builds that follow it: OpenBLAS's OpenMP build, and MKL with its GNU
+# threading layer), and the BLAS builds that keep a count of their own (OpenBLAS's pthread
+# build, BLIS). MKL follows libgomp's count only until MKL_NUM_THREADS (which `python -m
+# bench --threads` sets) or its own setter fixes one, so it is set directly too.
 THREAD_SETTERS = (('libgomp.so.1', 'omp_set_num_threads'),
                   ('libopenblas.so.0', 'openblas_set_num_threads'),
-                  ('libblis.so.4', 'bli_thread_set_num_threads'))
+                  ('libblis.so.4', 'bli_thread_set_num_threads'),
+                  ('libmkl_rt.so.3', 'MKL_Set_Num_Threads'))
 
 
 class ThreadSetter:
@@ -84,8 +88,8 @@ class ThreadSetter:
         self.calls = []
         for name, function in THREAD_SETTERS:
             library = _loaded(name)
-            # Another BLAS may stand in under the name (bench/blas.py): MKL has no such
-            # function, and follows OpenMP's count instead.
+            # Another BLAS may stand in under the name (bench/blas.py, caffe_env.py): MKL
+            # has no such function, and has its own entry.
             call = getattr(library, function, None) if library is not None else None
             if call is not None:
                 self.calls.append(call)

@@ -17,7 +17,10 @@ from netfiles import UsageError
 
 def add_device_args(parser, multi_gpu=False):
     group = parser.add_mutually_exclusive_group()
-    group.add_argument('--cpu', action='store_true', help='run on the CPU (the default)')
+    group.add_argument('--cpu', action='store_true',
+                       help='run on the CPU (the default), on the BLAS chosen for it: MKL on '
+                            "Intel CPUs, Debian's OpenBLAS elsewhere; env "
+                            'FCN_BLAS=auto|mkl|default overrides (solve/caffe_env.py)')
     group.add_argument('--gpu', type=int, metavar='N', help='run on GPU N')
     if multi_gpu:
         group.add_argument('--gpus', type=parse_gpu_list, metavar='0,1,...',

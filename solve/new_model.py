@@ -61,6 +61,8 @@ STRIDES = ('32', '16', '8')
 SOLVER_OPTIONS = {'solver_type': str, 'normalize_loss': bool, 'base_lr': float,
                   'momentum': float, 'iter_size': int, 'max_iter': int, 'snapshot': int,
                   'test_every': int}
+# Solver values copied from the recipe as they are (editable in the declaration).
+RECIPE_FIELDS = ('lr_policy', 'power', 'weight_decay')
 NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
@@ -165,7 +167,7 @@ def stages(args, body, keys, first_init, fresh_scores):
             'init': first_init if index == 0 else entries[-1]['name'],
             'skip_scales': list(MODELS[ATONCE_MODEL].skip_scales) if key == 'atonce' else [],
             'fresh_scores': fresh_scores and index == 0,
-            **{field: getattr(recipe, field) for field in SOLVER_OPTIONS},
+            **{field: getattr(recipe, field) for field in (*SOLVER_OPTIONS, *RECIPE_FIELDS)},
             # The run's length: what the reference's script ran (max_iter of the solver
             # file unless it said otherwise); a local model's solver says it as it is.
             'max_iter': recipe.iterations or recipe.max_iter})

@@ -226,10 +226,22 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
     done = subprocess.run(
         [sys.executable, '-m', 'bench', '--model-dir', str(folder), '--size', '24x20',
          '--rounds', '1', '--parts', 'forward', 'train', '--threads', '1', '--sgemm-size', '256',
-         '--blas-dir', f'again={tmp_path / "blas"}', '--layers', '--out', str(out)],
+         '--blas-dir', f'again={tmp_path / "blas"}', '--layers', '--torch-forms', 'channels_last',
+         'layers', '--out', str(out)],
         capture_output=True, text=True, env=env, cwd=nets.REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
+    # Both forms checked against Caffe and timed; the faster is the baseline.
+    forms = results['forward']['torch_forms']
+    assert list(forms) == ['channels_last', 'layers']
+    assert max(results['checks']['forward@layers'].values()) <= 1e-4
+    baseline = min(forms, key=lambda form: forms[form]['median_s'])
+    assert results['forward']['torch']['form'] == baseline
+    assert results['forward']['torch']['samples_s'] == forms[baseline]['samples_s']
+    assert 'PyTorch by form' in done.stdout and '<- baseline' in done.stdout
+    # --threads reaches PyTorch; Caffe's thread settings do not.
+    process = results['forward']['torch']['process']
+    assert process['torch']['threads'] == 1 and process['env']['FCN_ADAPT_THREADS'] == '0'
     for part in ('forward', 'train'):
         for framework in ('caffe', 'torch'):
             assert results[part][framework]['peak_mb'] > results[part][framework]['baseline_mb']
@@ -364,3 +376,173 @@ def test_contention_part_fits_the_project_subjects_threads_beside_the_busy_proce
     assert figures['defaults']['fewer_threads_busy'] == 0
     assert figures['project']['fewer_threads_busy'] > 0
     assert 'iterations on fewer threads (project)' in done.stdout
+
+
+# ---- PyTorch's forward forms (bench/torchnet.py FORMS) --------------------------------
+
+def torch_or_skip():
+    return pytest.importorskip('torch', reason='PyTorch is benchmark-only: `make bench` '
+                                               'installs it')
+
+
+def caffe_net_and_weights(definition, tmp_path, seed):
+    """A Caffe TEST net of `definition` holding seeded random weights, and those weights."""
+    path = tmp_path / 'net.prototxt'
+    nets.write_message(definition, path)
+    net = caffe.Net(str(path), caffe.TEST)
+    weights = nets.random_weights({f'{name}/{i}': blob.data.shape for name, blobs
+                                   in net.params.items() for i, blob in enumerate(blobs)}, seed)
+    for name, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            blob.data[...] = weights[f'{name}/{i}']
+    return net, weights
+
+
+def aliasing_net():
+    """A net where overwriting a ReLU's bottom would be wrong twice: one ReLU works on the
+    net's input, one on a crop (a view in PyTorch) of a blob that a later crop reads again;
+    and one where it is right, on a convolution's own top."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 12, 14]))
+    n.relu0 = L.ReLU(n.data, in_place=True)
+    n.conv = L.Convolution(n.data, num_output=4, kernel_size=3, pad=2)
+    n.crop = L.Crop(n.conv, n.data, crop_param=dict(axis=2, offset=1))
+    n.relu = L.ReLU(n.crop, in_place=True)
+    n.crop2 = L.Crop(n.conv, n.data, crop_param=dict(axis=2, offset=2))
+    n.sum = L.Eltwise(n.crop, n.crop2, operation=P.Eltwise.SUM)
+    n.conv2 = L.Convolution(n.sum, num_output=3, kernel_size=1)
+    n.relu2 = L.ReLU(n.conv2, in_place=True)
+    return n.to_proto()
+
+
+def test_plain_form_overwrites_only_what_no_one_else_reads(tmp_path):
+    torch = torch_or_skip()
+    from bench.torchnet import CaffeNet
+    definition = aliasing_net()
+    net, weights = caffe_net_and_weights(definition, tmp_path, seed=4)
+    image = nets.random_image(14, 12, seed=6)
+    net.blobs['data'].data[...] = image
+    net.forward()
+    module = CaffeNet(definition, weights, pb.TEST)
+    plan = dict(zip((step.name for step in module.steps), module.plan(['conv2'])))
+    assert {name: plan[name][0] for name in ('relu0', 'relu', 'relu2')} == {
+        'relu0': False, 'relu': False, 'relu2': True}
+    # Each blob goes after the last step that reads it: conv after crop2, the crops after
+    # the sum, the input after the last crop that takes its shape.
+    assert plan['crop2'][1] == ('conv', 'data') and plan['sum'][1] == ('crop', 'crop2')
+    given = torch.from_numpy(image.copy())
+    with torch.inference_mode():
+        plain = module.infer({'data': given}, ['conv2'])['conv2']
+        layers = module({'data': given})['conv2']
+    assert torch.equal(given, torch.from_numpy(image))
+    assert torch.equal(plain, layers)
+    np.testing.assert_allclose(plain.numpy(), net.blobs['conv2'].data, rtol=1e-5,
+                               atol=1e-5 * np.abs(net.blobs['conv2'].data).max())
+
+
+def test_eager_forms_match_caffe_and_the_layers_form(tmp_path):
+    torch = torch_or_skip()
+    from bench.torchnet import FORMS, CaffeNet, Inference
+    assert set(FORMS) == set(bench_main.TORCH_FORMS)
+    definition = tiny_fcn(False, depth=2)
+    net, weights = caffe_net_and_weights(definition, tmp_path, seed=3)
+    image = nets.random_image(24, 20, seed=5)
+    net.blobs['data'].data[...] = image
+    net.forward()
+    expected = net.blobs['score'].data
+    outputs = {}
+    for form in ('layers', 'plain', 'channels_last'):
+        run = Inference(CaffeNet(definition, weights, pb.TEST), form, ['score'])
+        given = torch.from_numpy(image.copy())
+        with torch.inference_mode():
+            outputs[form] = run({'data': given})['score'].numpy()
+        assert torch.equal(given, torch.from_numpy(image)), form
+        assert relative_difference('score', expected, outputs[form]) < 1e-5, form
+    # The same kernels on the same layout: the same bits.
+    assert np.array_equal(outputs['plain'], outputs['layers'])
+    # The layers form is what training runs: every blob kept, as before.
+    module = CaffeNet(definition, weights, pb.TEST)
+    with torch.inference_mode():
+        kept = module({'data': torch.from_numpy(image)})
+    assert {'conv1', 'pool1', 'up', 'fuse', 'score'} <= set(kept)
+
+
+def test_compiled_form_is_one_graph(tmp_path):
+    """torch.compile sees the whole pass, with no break back to Python between layers (a
+    break would leave each piece on its own, without planned buffers). Compiling itself
+    takes tens of seconds; the benchmark checks the compiled pass against Caffe."""
+    torch = torch_or_skip()
+    from bench.torchnet import CaffeNet, Inference
+    definition = tiny_fcn(False, depth=1)
+    _, weights = caffe_net_and_weights(definition, tmp_path, seed=3)
+    run = Inference(CaffeNet(definition, weights, pb.TEST), 'plain', ['score'])
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(run.forward)(
+            {'data': torch.from_numpy(nets.random_image(24, 20, seed=5))})
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+def test_torch_workers_run_without_caffes_library_settings():
+    env = {'PATH': '/bin', 'OMP_WAIT_POLICY': 'PASSIVE', 'GOMP_SPINCOUNT': '0',
+           'OMP_NUM_THREADS': '2', 'MKL_THREADING_LAYER': 'GNU', 'FCN_BLAS': 'mkl',
+           'LD_LIBRARY_PATH': '/cache/blas/mkl:/opt/lib', 'FCN_ADAPT_THREADS': '1'}
+    caffe_set = {'MKL_THREADING_LAYER': 'GNU', 'FCN_BLAS': 'mkl',
+                 'LD_LIBRARY_PATH': '/cache/blas/mkl:/opt/lib'}
+    started = {'PATH': '/bin', 'LD_LIBRARY_PATH': '/opt/lib', 'OMP_NUM_THREADS': '2'}
+    assert bench_main.torch_env(env, started, caffe_set) == {
+        'PATH': '/bin', 'LD_LIBRARY_PATH': '/opt/lib', 'OMP_NUM_THREADS': '2',
+        'FCN_ADAPT_THREADS': '0'}
+    # A variable the user changed after caffe_env set it is the user's.
+    env['FCN_BLAS'] = 'default'
+    assert bench_main.torch_env(env, started, caffe_set)['FCN_BLAS'] == 'default'
+
+
+def test_torch_worker_keeps_pytorchs_own_thread_count_and_clean_environment(tmp_path,
+                                                                           monkeypatch):
+    torch_or_skip()
+    definition = tiny_fcn(False)
+    net, weights = caffe_net_and_weights(definition, tmp_path, seed=3)
+    np.savez(tmp_path / 'weights.npz', **weights)
+    np.savez(tmp_path / 'inputs.npz', data=nets.random_image(24, 20, seed=5))
+    config = {'deploy': str(tmp_path / 'net.prototxt'), 'inputs': str(tmp_path / 'inputs.npz'),
+              'weights': str(tmp_path / 'weights.npz'), 'threads': None,
+              'torch_form': 'channels_last'}
+    monkeypatch.setattr(bench_main, 'CAFFE_ENV_SET', {'MKL_THREADING_LAYER': 'GNU'})
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(('OMP_', 'MKL_', 'GOMP_'))}
+    env.update(PYTHONPATH=str(nets.REPO), OMP_WAIT_POLICY='PASSIVE', GOMP_SPINCOUNT='0',
+               MKL_THREADING_LAYER='GNU')
+    worker = bench_main.Worker('torch-forward', config, env, label='torch@channels_last')
+    try:
+        info = worker.info()
+    finally:
+        worker.close()
+    own = subprocess.run([sys.executable, '-c', 'import torch; print(torch.get_num_threads())'],
+                         capture_output=True, text=True, env=env, check=True)
+    assert info['torch']['threads'] == int(own.stdout)
+    assert info['torch']['form'] == 'channels_last'
+    assert info['env']['FCN_ADAPT_THREADS'] == '0'
+    assert not {'OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'MKL_THREADING_LAYER'} & set(info['env'])
+
+
+def test_the_fastest_form_is_the_baseline_and_every_form_has_its_ratio():
+    def info(**extra):
+        return {'peak_mb': 100.0, 'baseline_mb': 50.0, 'libraries': [], 'openblas': {}, **extra}
+    part = {'samples': {'caffe-forward': [2.0, 2.0, 2.0], 'torch@channels_last': [2.0, 2.4, 2.2],
+                        'torch@layers': [4.0, 4.0, 3.0], 'sgemm': [1.0, 1.0, 1.0]},
+            'flops': 4e9,
+            'infos': {'caffe-forward': info(), 'torch@channels_last': info(torch={'form': 'cl'}),
+                      'torch@layers': info()}}
+    figures = bench_main.compared(part, 4e9)
+    assert figures['torch']['form'] == 'channels_last'
+    assert figures['ratio'] == 0.909  # rounds of 1.0, 0.833, 0.909
+    assert figures['torch_forms']['layers']['ratio'] == 0.5
+    assert figures['torch_forms']['layers']['median_s'] == 4.0
+    # Another BLAS is compared with the baseline's rounds.
+    blas = {'forward': {'caffe@other': ([1.0, 1.2, 1.1], info())}}
+    other = bench_main.compared_blas(blas, {'forward': part}, 4e9, {'forward': figures})
+    assert other['other']['forward']['ratio_to_torch'] == 0.5
+    lines = report.form_lines(figures, {'compiled': 'no C++ compiler'})
+    assert [line.split()[0] for line in lines[1:]] == ['channels_last', 'layers', 'compiled']
+    assert lines[1].endswith('<- baseline') and not lines[2].endswith('<- baseline')
+    assert 'not timed: no C++ compiler' in lines[3]

@@ -189,12 +189,21 @@ def test_a_version_pip_cannot_find_says_where_to_look(tmp_path, wheel_server):
         blas.prepare('fake', tmp_path / 'cache', candidates)
 
 
-def test_a_debian_library_is_linked_in_place(tmp_path):
+def test_a_debian_library_is_used_in_place(tmp_path):
+    # Named as Caffe asks for it (Debian's OpenBLAS builds): a link to it.
+    (tmp_path / 'pthread').mkdir()
+    system = fake_blas(tmp_path / 'pthread' / 'libopenblas.so.0', '')
+    candidates = {'openblas-pthread': blas.Candidate(
+        library=system.name, system=system, package='libopenblas0-pthread')}
+    folder = blas.prepare('openblas-pthread', tmp_path / 'cache', candidates)
+    assert (folder / 'libopenblas.so.0').resolve() == system
+    # Named otherwise (BLIS): a library of Caffe's name that needs it where it is.
     system = fake_blas(tmp_path / 'libblis.so.4', '')
     candidates = {'blis': blas.Candidate(library=system.name, system=system,
                                          package='libblis4-openmp')}
     folder = blas.prepare('blis', tmp_path / 'cache', candidates)
-    assert (folder / 'libopenblas.so.0').resolve() == system
+    assert not (folder / 'libopenblas.so.0').is_symlink()
+    assert blas.ready('blis', tmp_path / 'cache') == folder
     check_calls(load_copy(folder / 'libopenblas.so.0'))
 
 
@@ -210,7 +219,10 @@ def test_a_blas_folder_without_the_library_is_named(tmp_path):
         blas.library_env({}, tmp_path)
     (tmp_path / 'libopenblas.so.0').write_text('')
     env = blas.library_env({'LD_LIBRARY_PATH': '/x'}, tmp_path, {'MKL_THREADING_LAYER': 'GNU'})
-    assert env == {'LD_LIBRARY_PATH': f'{tmp_path}:/x', 'MKL_THREADING_LAYER': 'GNU'}
+    # FCN_BLAS=default: the tools load no BLAS of their choice ahead of the folder's.
+    assert env == {'LD_LIBRARY_PATH': f'{tmp_path}:/x', 'MKL_THREADING_LAYER': 'GNU',
+                   'FCN_BLAS': 'default'}
+    assert blas.library_env(env, tmp_path)['LD_LIBRARY_PATH'] == f'{tmp_path}:/x'
 
 
 def test_the_thread_setter_skips_what_a_stand_in_blas_lacks(tmp_path, monkeypatch):
