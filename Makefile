@@ -372,7 +372,7 @@ TOY_SCORES := $(foreach stride,32 16 8,$(RUNS)/toy-fcn$(stride)s/score.json)
 .PHONY: data-toy
 
 data-toy: $(TOY_STAMP) ## the embedded toy set: VOC-layout shapes + a classification view
-demo: $(RUNS)/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, 5-12 min
+demo: $(RUNS)/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~9 min on 2 cores
 
 # The generator leaves a set with the same parameters and code alone; the stamp is then
 # only brought up to date.

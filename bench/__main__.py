@@ -7,9 +7,9 @@ Each subject runs in its own process, so peak memory is its own; runs alternate
 (Caffe, PyTorch, SGEMM, Caffe, ...) so that load from elsewhere hits all alike, and the
 figures are medians. PyTorch's forward pass runs in several forms (--torch-forms; from the
 layer-by-layer interpreter to torch.compile, bench/torchnet.py), each checked against Caffe
-and timed in the same rounds: Caffe is compared with the fastest. The contention part trains a toy FCN alone and beside one busy
-process, with the project's thread settings and with the libraries' defaults
-(bench/contention.py). Writes runs/bench/results.json and prints a table.
+and timed in the same rounds: Caffe is compared with the fastest. The contention part
+trains a toy FCN alone and beside one busy process, with the project's thread settings
+and with the libraries' defaults (bench/contention.py). Writes runs/bench/results.json and prints a table.
 
 Caffe runs on the BLAS the project's tools choose for this CPU (solve/caffe_env.py: MKL on
 Intel CPUs, Debian's OpenBLAS elsewhere; FCN_BLAS=mkl or FCN_BLAS=default chooses), in

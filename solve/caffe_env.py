@@ -12,8 +12,8 @@ The BLAS follows the CPU, chosen when this module is imported:
   bench/blas.py unpacks into <cache>/blas/mkl (`make caffe` does that on such a machine).
   Its threads are GNU OpenMP's (MKL_THREADING_LAYER=GNU, set here over any other value):
   the one libgomp pool that also runs Caffe's own parallel loops, so neither waits on the
-  other's threads and cores.py's thread count reaches both. On an Intel Xeon it ran FCN-8s's forward pass at 84% of the
-  SGEMM limit, Debian's OpenBLAS at 72%;
+  other's threads and cores.py's thread count reaches both. On an Intel Xeon it ran
+  FCN-8s's forward pass at 84% of the SGEMM limit, Debian's OpenBLAS at 72%;
 - on any other CPU, Debian's OpenBLAS (its OpenMP build) that libcaffe links: on an AMD
   Zen 5 MKL was 1.3x slower, as it runs its generic kernels there.
 
