@@ -9,7 +9,8 @@ figures are medians. PyTorch's forward pass runs in several forms (--torch-forms
 layer-by-layer interpreter to torch.compile, bench/torchnet.py), each checked against Caffe
 and timed in the same rounds: Caffe is compared with the fastest. The contention part
 trains a toy FCN alone and beside one busy process, with the project's thread settings
-and with the libraries' defaults (bench/contention.py). Writes runs/bench/results.json and prints a table.
+and with the libraries' defaults (bench/contention.py). Writes runs/bench/results.json
+and prints a table.
 
 Caffe runs on the BLAS the project's tools choose for this CPU (solve/caffe_env.py: MKL on
 Intel CPUs, Debian's OpenBLAS elsewhere; FCN_BLAS=mkl or FCN_BLAS=default chooses), in
@@ -251,10 +252,7 @@ def busiest_processes(count=6):
 
 
 def machine():
-    model = next((line.split(':', 1)[1].strip() for line in
-                  Path('/proc/cpuinfo').read_text().splitlines()
-                  if line.startswith('model name')), platform.processor())
-    return {'cpu': model, 'cores': os.cpu_count(), 'system': platform.platform(),
+    return {'cpu': report.cpu_model(), 'cores': os.cpu_count(), 'system': platform.platform(),
             'python': platform.python_version(), 'caffe_blas': caffe_env.BLAS[0],
             'blas_env': {key: value for key, value in os.environ.items()
                          if key.startswith(('OPENBLAS', 'OMP_', 'MKL_', 'GOMP', 'BLIS',

@@ -24,13 +24,14 @@ that misses a goal of the demo (GOALS) is marked; the exit status is 1 if any di
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench import report
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = (('classifier', 'toy-vgg16'), ('fcn32s', 'toy-fcn32s'), ('fcn16s', 'toy-fcn16s'),
@@ -156,16 +157,6 @@ def table(results):
     return '\n'.join(lines) + '\n'
 
 
-def cpu_name():
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
-
-
 def write_atomically(path, text):
     tmp = path.with_name(path.name + '.tmp')
     tmp.write_text(text)
@@ -208,9 +199,9 @@ def main(argv=None):
                   f'{result["fcn32s"]:.1f} / {result["fcn16s"]:.1f} / {result["fcn8s"]:.1f}, '
                   f'training {result["training_minutes"]:.1f} min', flush=True)
             write_atomically(results_path, json.dumps(
-                {'cpu': cpu_name(), 'date': time.strftime('%Y-%m-%d'), 'runs': results},
+                {'cpu': report.cpu_model(), 'date': time.strftime('%Y-%m-%d'), 'runs': results},
                 indent=1) + '\n')
-    text = (f'{cpu_name()}, {time.strftime("%Y-%m-%d")}; goals: classifier >= '
+    text = (f'{report.cpu_model()}, {time.strftime("%Y-%m-%d")}; goals: classifier >= '
             f'{GOALS["classifier"]:.0f}, mean IU >= {GOALS["fcn32s"]:.0f} / '
             f'{GOALS["fcn16s"]:.0f} / {GOALS["fcn8s"]:.0f}, training <= '
             f'{GOAL_TRAINING_MINUTES:.0f} min\n\n' + table(results))

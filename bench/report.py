@@ -2,10 +2,22 @@
 
 import json
 import os
+import platform
 import statistics
 from pathlib import Path
 
 GIGA = 1e9
+
+
+def cpu_model(cpuinfo='/proc/cpuinfo'):
+    """The CPU's model name as /proc/cpuinfo gives it, else what platform knows."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown CPU'
 
 
 def summarize(samples, flops=None, sgemm=None):
