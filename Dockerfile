@@ -8,7 +8,7 @@
 # holds the ILSVRC classifiers and the base weights surgery makes from them, /fcn/runs
 # receives snapshots, logs, plots and scores. The code and its venv are read-only; the
 # container runs as uid 1000 (`fcn`), or as `--user "$(id -u):$(id -g)"` to own its output.
-# solve/container.py, the entry point, stops at once if it cannot write those folders.
+# pipeline/container.py, the entry point, stops at once if it cannot write those folders.
 #
 # Caffe is built by caffe-build/build.py with the same pinned Debian source and the same
 # patches as the CPU build: CPU_ONLY off, NCCL on, real code for sm_70 (Volta) to sm_120
@@ -133,5 +133,5 @@ WORKDIR /fcn
 RUN make caffe \
     && .venv/bin/python -c 'import caffe; assert caffe.has_nccl(), "no NCCL"'
 VOLUME ["/data", "/fcn/weights", "/fcn/runs"]
-ENTRYPOINT ["/fcn/.venv/bin/python", "/fcn/solve/container.py"]
+ENTRYPOINT ["/fcn/.venv/bin/python", "-m", "pipeline.container"]
 CMD ["make", "help"]

@@ -160,10 +160,11 @@ ifneq ($(filter $(MODEL_NAMES) $(LOCAL_NAMES) demo runs/% weights/% $(RUNS)/% $(
 include $(PIPELINE_RULES)
 endif
 
-$(PIPELINE_RULES): models/specs.py models/weights.py models/local.py solve/pipeline.py \
+$(PIPELINE_RULES): models/specs.py models/declared.py \
+		data/weights.py pipeline/make_rules.py \
 		$(wildcard models/local models/local/*.json)
 	@mkdir -p $(@D)
-	$(PYTHON) solve/pipeline.py > $@.tmp && mv $@.tmp $@
+	$(PYTHON) -m pipeline.make_rules > $@.tmp && mv $@.tmp $@
 
 voc-fcn8s: ## e.g. VOC FCN-32s -> 16s -> 8s from VGG16, scored (`make MODEL` for any model; GPU=N; STEPS=N VAL_IMAGES=N for a short run)
 
@@ -197,7 +198,7 @@ $(BASE_WEIGHTS)/toy-vgg16-fcn.caffemodel: $(RUNS)/toy-vgg16/final.caffemodel | c
 		--fcn models/toy-fcn32s/deploy.prototxt --out $@
 
 stress: caffe ## long runs end cleanly: tiny FCNs train STRESS_ITERATIONS=3000 iterations and exit 0; a diverging run stops with a clear error
-	$(PY) solve/stress.py --iterations $(STRESS_ITERATIONS)
+	$(PY) -m checks.stress --iterations $(STRESS_ITERATIONS)
 
 # ---- cluster -----------------------------------------------------------------------
 # `make cluster-MODEL` submits what `make MODEL` would make to SLURM: one job per file
@@ -229,7 +230,7 @@ CLUSTER_EXEC ?=
 CLUSTER_SETTINGS := GPUS_PER_JOB CPUS_PER_JOB PARTITION ACCOUNT TIME_LIMIT STOP_BEFORE \
 	SBATCH_FLAGS CLUSTER_EXEC DRY_RUN
 # The jobs get the command line's other variables (STEPS, RUNS, ...).
-CLUSTER_SUBMIT = $(PYTHON) solve/cluster.py submit --gpus-per-job='$(GPUS_PER_JOB)' \
+CLUSTER_SUBMIT = $(PYTHON) -m pipeline.slurm submit --gpus-per-job='$(GPUS_PER_JOB)' \
 	--cpus-per-job='$(CPUS_PER_JOB)' --partition='$(PARTITION)' --account='$(ACCOUNT)' \
 	--time-limit='$(TIME_LIMIT)' --stop-before='$(STOP_BEFORE)' \
 	--sbatch-flags='$(SBATCH_FLAGS)' --exec='$(CLUSTER_EXEC)' $(if $(DRY_RUN),--dry-run) \
@@ -245,7 +246,7 @@ cluster-all: $(PIPELINE_RULES) ## submit every model whose dataset is prepared t
 	$(CLUSTER_SUBMIT) --all
 
 cluster-status: ## the chains submitted to SLURM: each job, its state and log
-	$(PYTHON) solve/cluster.py status $(RUNS)
+	$(PYTHON) -m pipeline.slurm status $(RUNS)
 
 # The tests against a real SLURM: a single-node cluster started and stopped by the tests
 # (as root; Debian's slurm-wlm and munge, installed here when missing).
@@ -363,7 +364,7 @@ bench-blas: caffe bench-torch ## Caffe on MKL, OpenBLAS 0.3.34, Debian's pthread
 # data/toy.py generates the set (seeded, in seconds); the pipeline rules above then
 # pretrain the toy VGG16 classifier (toy-vgg16), carry it into FCN base weights by
 # surgery, train toy-fcn32s -> toy-fcn16s -> toy-fcn8s, each from the previous, and score
-# each; solve/demo.py gathers scores, curves and a prediction sheet into runs/demo/.
+# each; solve/demo_report.py gathers scores, curves and a prediction sheet into runs/demo/.
 # Every step is a file: an interrupted demo resumes, a finished one is not redone.
 
 TOY_STAMP := $(DATA_ROOT)/toy/toy.json
@@ -380,8 +381,8 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 	$(PY) data/toy.py --out $(DATA_ROOT)/toy
 	touch $@
 
-$(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo.py | caffe
-	$(PY) solve/demo.py --cpu --data-dir $(DATA_ROOT)
+$(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo_report.py | caffe
+	$(PY) solve/demo_report.py --cpu --data-dir $(DATA_ROOT)
 
 # The toy solvers fix random_seed: two short runs of the classifier, surgery and FCN-32s
 # must end with the same weights, bit for bit, and the same scores.
@@ -422,5 +423,5 @@ REHEARSAL_DIR ?= runs/rehearsal
 .PHONY: rehearsal
 
 rehearsal: caffe ## every FCN's make target at full size on the CPU, a few iterations each (MODELS=..., STEPS=1, VAL_IMAGES=2)
-	$(PY) solve/rehearsal.py --dir $(REHEARSAL_DIR) --steps $(or $(STEPS),1) \
+	$(PY) -m checks.rehearsal --dir $(REHEARSAL_DIR) --steps $(or $(STEPS),1) \
 		--val-images $(or $(VAL_IMAGES),2) $(subst $(comma), ,$(MODELS))

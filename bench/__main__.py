@@ -32,12 +32,10 @@ import numpy as np
 
 from bench import blas, contention, nets, report
 
-sys.path.append(str(nets.REPO / 'solve'))
 # The environment as the benchmark was started, before caffe_env sets Caffe's (its BLAS
 # choice: MKL's folder on LD_LIBRARY_PATH, MKL's threading layer): what PyTorch runs in.
 STARTED_ENV = dict(os.environ)
-import caffe_env  # noqa: E402  (solve/ holds the tools' modules, imported by bare name)
-import cores  # noqa: E402
+from fcn.runtime import caffe_env, threads
 
 # What caffe_env set or changed, for Caffe's processes only.
 CAFFE_ENV_SET = {name: value for name, value in os.environ.items()
@@ -52,8 +50,8 @@ SEED = 1337
 CONTENTION_MODEL_DIR = nets.REPO / 'models' / 'toy-fcn8s'
 # libgomp's variables for how a waiting thread waits; the defaults subject has none.
 WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')
-# What the project's tools do: fit the thread count to the free cores (cores.py).
-PROJECT_THREAD_SETTINGS = {cores.SWITCH: '1'}
+# What the project's tools do: fit the thread count to the free cores (fcn/runtime/threads.py).
+PROJECT_THREAD_SETTINGS = {threads.SWITCH: '1'}
 # The forms of PyTorch's forward pass (bench/torchnet.py FORMS; named here so that the
 # driver need not import PyTorch), in the order they run in each round. The fastest is
 # the baseline Caffe is compared with; 'layers' is the interpreter with every blob kept.
@@ -291,7 +289,7 @@ def parse_args(argv):
                         help='solver iterations per timed run (default: %(default)s)')
     parser.add_argument('--thread-env', action='append', default=[], metavar='NAME=VALUE',
                         help="try another thread setting in place of the project's "
-                             '(FCN_ADAPT_THREADS=1, solve/cores.py) in the contention part, '
+                             '(FCN_ADAPT_THREADS=1, fcn/runtime/threads.py) in the contention part, '
                              'e.g. GOMP_SPINCOUNT=1000 (repeatable)')
     parser.add_argument('--blas-dir', action='append', default=[], metavar='NAME=DIR',
                         help="also time Caffe's forward and training with another BLAS "
@@ -562,9 +560,9 @@ def torch_env(env, started=None, caffe_set=None):
 
 def library_defaults(env):
     """`env` without any setting of how threads wait and with the thread count left
-    alone (cores.py off): the libraries' own behaviour."""
+    alone (fcn/runtime/threads.py off): the libraries' own behaviour."""
     plain = {name: value for name, value in env.items() if name not in WAIT_VARIABLES}
-    return {**plain, cores.SWITCH: '0'}
+    return {**plain, threads.SWITCH: '0'}
 
 
 def thread_envs(env, overrides):

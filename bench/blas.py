@@ -36,7 +36,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 
 
 def _caffe_build():
@@ -54,7 +54,7 @@ DEFAULT_CACHE = Path(os.environ.get('FCN_CAFFE_CACHE') or BUILD.DEFAULT_CACHE) /
 # against the build in use.
 CAFFE_CBLAS = tuple(f'cblas_{kind}{name}' for kind in 'sd' for name in
                     ('asum', 'axpy', 'copy', 'dot', 'gemm', 'gemv', 'scal'))
-# What the project's tools call to set the thread count (solve/cores.py), forwarded too.
+# What the project's tools call to set the thread count (fcn/runtime/threads.py), forwarded too.
 THREAD_FUNCTIONS = ('openblas_set_num_threads', 'openblas_get_num_threads')
 # The name libcaffe asks the loader for (its DT_NEEDED entry).
 CAFFE_LIBRARY = 'libopenblas.so.0'

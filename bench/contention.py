@@ -5,7 +5,7 @@ spinning (libgomp: 300,000 spins, a few milliseconds, unless told otherwise). On
 whose cores all have work, the spinning thread holds a core that the thread it waits for,
 or the other program, needed: the toy nets, whose every layer is a short parallel region,
 trained 5-7x slower next to one busy process. The project's tools fit Caffe's thread count
-to the cores other programs leave free while they run (`solve/cores.py`).
+to the cores other programs leave free while they run (`fcn/runtime/threads.py`).
 
 Two Caffe training workers take turns, one with the project's setting and one with the
 libraries' defaults (fitting off, no wait settings). Each run steps the solver one

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench import report
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 STAGES = (('classifier', 'toy-vgg16'), ('fcn32s', 'toy-fcn32s'), ('fcn16s', 'toy-fcn16s'),
           ('fcn8s', 'toy-fcn8s'))
 # What every run must reach (%, the classifier's accuracy and the FCNs' mean IU) and the

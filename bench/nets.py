@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 DEFAULT_MODEL_DIR = REPO / 'models' / 'voc-fcn8s'
 # Random input pixels span what a mean-subtracted 8-bit image spans.
 INPUT_RANGE = 128.0

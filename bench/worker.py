@@ -20,8 +20,7 @@ import numpy as np
 from bench import nets
 from bench.flops import net_flops
 
-sys.path.append(str(nets.REPO / 'solve'))
-import cores  # noqa: E402  (solve/ holds the tools' modules, imported by bare name)
+from fcn.runtime import threads
 
 # Gradients of the (few) parameter blobs of at most this many values are compared: all of
 # them but fc6/fc7's weights, which would only make the dumps big.
@@ -208,7 +207,7 @@ class CaffeForward(CaffeSubject):
 class CaffeTrain(CaffeSubject):
     """Solver iterations (forward, backward, update) of the input-fed training net: one,
     or the config's `iterations`, stepped one at a time with the thread count fitted
-    between them as the trainer does (cores.py; a no-op under FCN_ADAPT_THREADS=0). Each
+    between them as the trainer does (fcn/runtime/threads.py; a no-op under FCN_ADAPT_THREADS=0). Each
     run starts like a new training, at the libraries' own thread count."""
 
     def __init__(self, config):
@@ -223,11 +222,11 @@ class CaffeTrain(CaffeSubject):
         self.fewer = 0
 
     def run(self):
-        cores.restart()
+        threads.restart()
         self.fewer = 0
         for _ in range(self.config.get('iterations', 1)):
-            threads = cores.adapt()
-            if threads is not None and threads < cores.share().most:
+            count = threads.adapt()
+            if count is not None and count < threads.share().most:
                 self.fewer += 1
             self.solver.step(1)
 
@@ -438,7 +437,7 @@ def main(argv=None):
         framework = ('torch' if kind.startswith('torch') else 'caffe' if kind != 'sgemm'
                      else 'numpy')
         if framework == 'caffe':
-            import caffe_env  # noqa: F401
+            from fcn.runtime import caffe_env  # noqa: F401
         __import__(framework)
         baseline_mb = rss_mb()
         subject = KINDS[kind](json.loads(config))

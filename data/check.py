@@ -433,8 +433,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     declared = None
     if args.model:
-        from data import data_root
-        from models.local import find
+        from fcn.paths import data_root
+        from models.declared import find
         declared = find(args.model)
         args.data = data_root() / declared.data_dir
         args.splits = [declared.train_split, declared.val_split]

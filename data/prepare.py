@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from data import data_root
+from fcn.paths import data_root
 from data.extract import ExtractError, extract, find_root
 from data.fetch import FetchError, Fetcher, place
 from data.sources import SOURCES
-from models import weights as published
+from data import weights as published
 
 # Split sizes of the reference release, reported beside what was derived.
 REFERENCE_COUNTS = {

@@ -378,7 +378,7 @@ def generate(out, **overrides):
 
 
 def default_out():
-    from data import data_root
+    from fcn.paths import data_root
     return data_root() / 'toy'
 
 

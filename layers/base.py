@@ -38,7 +38,7 @@ import scipy.io
 from PIL import Image
 
 import caffe
-from data import data_root
+from fcn.paths import data_root
 
 # Labels the loss ignores (SoftmaxWithLoss ignore_label).
 VOID = 255

@@ -43,8 +43,9 @@ import sys
 import time
 from pathlib import Path
 
-import netfiles
-from netfiles import REPO, UsageError
+from fcn import nets, paths
+from fcn.nets import UsageError
+from fcn.paths import REPO
 
 # The base weights surgery makes from each classifier (the Makefile's weights/ rules).
 CLASSIFIER_BASE_WEIGHTS = {'vgg16': 'vgg16-fcn', 'caffenet': 'alexnet-fcn',
@@ -105,8 +106,8 @@ def resolve_source(name, weights_file):
         raise UsageError(f'--from {name}: it takes {" + ".join(spec.modalities)} inputs; '
                          f'start from a net on one 3-channel image')
     init = name
-    if weights_file == netfiles.RELEASED:
-        from models.weights import RELEASED, local_path
+    if weights_file == nets.RELEASED:
+        from data.weights import RELEASED, local_path
         if name not in RELEASED:
             raise UsageError(f'--from-weights released: {name} has no released weights; the '
                              f'reference released: {", ".join(RELEASED)}')
@@ -120,7 +121,7 @@ def resolve_source(name, weights_file):
         if not path.is_file():
             print(f'note: {weights_file} does not exist yet: `make` must fetch or make it',
                   file=sys.stderr)
-    names = netfiles.class_names(spec, spec.heads[0]) if len(spec.heads) == 1 else None
+    names = nets.class_names(spec, spec.heads[0]) if len(spec.heads) == 1 else None
     return spec, init, spec.stride, names
 
 
@@ -181,7 +182,7 @@ def stages(args, body, keys, first_init, fresh_scores):
 
 def declaration(args, report):
     """The declaration's JSON data, from the arguments and the dataset check's findings."""
-    from data import data_root
+    from fcn.paths import data_root
     source, first_init, source_stride, source_classes = resolve_source(args.source,
                                                                        args.from_weights)
     if source.skip_scales and args.stride != 'atonce' and args.stride != '32':
@@ -245,7 +246,7 @@ def retire(previous, names):
     from models import generate
     stamp = time.strftime('%Y%m%d-%H%M%S')
     for stage in previous.stages:
-        run = netfiles.RUNS_DIR / stage.name
+        run = paths.RUNS_DIR / stage.name
         if run.exists():
             aside = run.with_name(f'{stage.name}.replaced-{stamp}')
             os.replace(run, aside)
@@ -253,7 +254,7 @@ def retire(previous, names):
         folder = generate.MODELS_DIR / stage.name
         if stage.name not in names and folder.is_dir():
             shutil.rmtree(folder)
-    (netfiles.RUNS_DIR / previous.name / 'data-check.json').unlink(missing_ok=True)
+    (paths.RUNS_DIR / previous.name / 'data-check.json').unlink(missing_ok=True)
 
 
 def write_model(model, data):
@@ -325,7 +326,7 @@ def build_parser():
 
 def main(argv=None):
     from data.check import check
-    from models import local
+    from models import declared as local
     args = build_parser().parse_args(argv)
     for option, text in (('mean', args.mean), ('deploy_size', args.deploy_size)):
         count = 3 if option == 'mean' else 2

@@ -1,11 +1,4 @@
-"""Shared test set-up: the solve/ scripts importable by their bare names, and Caffe's
-environment (quiet glog) set as the tools set it."""
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / 'solve'):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import caffe_env  # noqa: E402,F401  (before any test module imports caffe)
+"""Shared test set-up: Caffe's environment (quiet glog, the BLAS chosen for this CPU) set
+as the tools set it, before any test module imports caffe. The project's packages are
+importable through the virtualenv's path file (the Makefile's venv rule writes it)."""
+from fcn.runtime import caffe_env  # noqa: F401

@@ -17,7 +17,8 @@ from PIL import Image
 
 import caffe
 from caffe import layers as L, params as P
-import caffe_env
+from fcn import paths
+from fcn.runtime import caffe_env
 from bench import __main__ as bench_main, contention, dataload, nets, report
 from bench.__main__ import relative_difference
 from bench.flops import net_flops
@@ -228,7 +229,7 @@ def test_end_to_end_on_a_tiny_net(tmp_path):
          '--rounds', '1', '--parts', 'forward', 'train', '--threads', '1', '--sgemm-size', '256',
          '--blas-dir', f'again={tmp_path / "blas"}', '--layers', '--torch-forms', 'channels_last',
          'layers', '--out', str(out)],
-        capture_output=True, text=True, env=env, cwd=nets.REPO, timeout=300)
+        capture_output=True, text=True, env=env, cwd=paths.REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
     # Both forms checked against Caffe and timed; the faster is the baseline.
@@ -271,7 +272,7 @@ def worker_libraries(kind):
     script = (f'import {kind}, json\nfrom bench.worker import loaded_libraries\n'
               'print(json.dumps(loaded_libraries()))')
     done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          cwd=nets.REPO, check=True)
+                          cwd=paths.REPO, check=True)
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -296,7 +297,7 @@ def test_busy_process_ends_when_the_benchmark_is_killed():
               'with contention.busy_process() as p:\n'
               '    print(p.pid, flush=True)\n    os._exit(0)\n')
     done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          cwd=nets.REPO, timeout=60)
+                          cwd=paths.REPO, timeout=60)
     busy = int(done.stdout)
     deadline = time.monotonic() + 20
     while Path(f'/proc/{busy}').exists() and time.monotonic() < deadline:
@@ -333,7 +334,7 @@ def test_thread_envs_give_the_defaults_subject_no_wait_settings_and_no_fitting()
 
 
 def test_the_makefile_exports_the_same_caffe_environment_as_the_tools():
-    makefile = (nets.REPO / 'Makefile').read_text()
+    makefile = (paths.REPO / 'Makefile').read_text()
     for name, value in caffe_env.CAFFE_ENV.items():
         assert f'export {name} ?= {value}\n' in makefile
 
@@ -345,7 +346,7 @@ def test_contention_part_on_a_tiny_net(tmp_path):
         [sys.executable, '-m', 'bench', '--parts', 'contention', '--rounds', '1',
          '--contention-model-dir', str(folder), '--contention-size', '24x20',
          '--contention-iterations', '2', '--thread-env', 'GOMP_SPINCOUNT=7', '--out', str(out)],
-        capture_output=True, text=True, cwd=nets.REPO, timeout=300)
+        capture_output=True, text=True, cwd=paths.REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())['contention']
     assert results['settings'] == {'GOMP_SPINCOUNT': '7'}
@@ -366,7 +367,7 @@ def test_contention_part_fits_the_project_subjects_threads_beside_the_busy_proce
         [sys.executable, '-m', 'bench', '--parts', 'contention', '--rounds', '1',
          '--contention-model-dir', str(folder), '--contention-size', '64x64',
          '--contention-iterations', '600', '--out', str(out)],
-        capture_output=True, text=True, cwd=nets.REPO, timeout=300,
+        capture_output=True, text=True, cwd=paths.REPO, timeout=300,
         env={**os.environ, 'OMP_NUM_THREADS': '2'})
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())['contention']
@@ -510,7 +511,7 @@ def test_torch_worker_keeps_pytorchs_own_thread_count_and_clean_environment(tmp_
     monkeypatch.setattr(bench_main, 'CAFFE_ENV_SET', {'MKL_THREADING_LAYER': 'GNU'})
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(('OMP_', 'MKL_', 'GOMP_'))}
-    env.update(PYTHONPATH=str(nets.REPO), OMP_WAIT_POLICY='PASSIVE', GOMP_SPINCOUNT='0',
+    env.update(PYTHONPATH=str(paths.REPO), OMP_WAIT_POLICY='PASSIVE', GOMP_SPINCOUNT='0',
                MKL_THREADING_LAYER='GNU')
     worker = bench_main.Worker('torch-forward', config, env, label='torch@channels_last')
     try:

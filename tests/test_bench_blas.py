@@ -8,16 +8,14 @@ import io
 import shutil
 import subprocess
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import caffe  # noqa: F401  (maps libcaffe, whose imports are checked)
-import cores
-import devices
+from fcn.runtime import devices, threads
 from bench import __main__ as bench_main, blas
-from data.fixtures import FileServer
+from checks.fixtures import FileServer
 
 ROW_MAJOR, NO_TRANS = 101, 111
 
@@ -228,9 +226,9 @@ def test_a_blas_folder_without_the_library_is_named(tmp_path):
 def test_the_thread_setter_skips_what_a_stand_in_blas_lacks(tmp_path, monkeypatch):
     library = fake_blas(tmp_path / 'libstandin.so', 'x_')
     loaded = ctypes.CDLL(str(library))
-    monkeypatch.setattr(cores, 'THREAD_SETTERS', ((str(library), 'openblas_set_num_threads'),
+    monkeypatch.setattr(threads, 'THREAD_SETTERS', ((str(library), 'openblas_set_num_threads'),
                                                   (str(library), 'x_openblas_set_num_threads')))
-    cores.ThreadSetter()(5)
+    threads.ThreadSetter()(5)
     assert ctypes.c_int.in_dll(loaded, 'x_threads').value == 5
 
 

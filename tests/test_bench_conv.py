@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,11 +162,11 @@ IMAGES = dict(channels=16, height=9, width=11, batch=37)
 @pytest.fixture
 def two_threads():
     """Caffe on two threads whatever the machine's cores, then back to its default."""
-    import cores
-    set_threads = cores.ThreadSetter()
+    from fcn.runtime import threads
+    set_threads = threads.ThreadSetter()
     set_threads(2)
     yield
-    set_threads(cores.default_threads())
+    set_threads(threads.default_threads())
 
 
 def parallel_cases(tall_geometries, geometries):
@@ -199,16 +200,15 @@ THREADED_RUN = '''
 import json, sys
 from pathlib import Path
 import numpy as np
-sys.path.insert(0, {tests!r})
 from test_bench_conv import conv_net, run_layer
-arrays = {{}}
+arrays = {}
 for index, geometry in enumerate(json.loads(sys.argv[1])):
-    net = conv_net(Path(sys.argv[2]) / f'{{index}}.prototxt', sys.argv[5], geometry,
+    net = conv_net(Path(sys.argv[2]) / f'{index}.prototxt', sys.argv[5], geometry,
                    **json.loads(sys.argv[4]))
     run_layer(net, np.random.default_rng(index))
-    arrays[f'{{index}}:y'] = net.blobs['out'].data
-    arrays[f'{{index}}:dx'] = net.blobs['data'].diff
-    arrays[f'{{index}}:dw'] = net.params['out'][0].diff
+    arrays[f'{index}:y'] = net.blobs['out'].data
+    arrays[f'{index}:dx'] = net.blobs['data'].diff
+    arrays[f'{index}:dw'] = net.params['out'][0].diff
 np.savez(sys.argv[3], **arrays)
 '''
 
@@ -217,7 +217,7 @@ def threaded_runs(tmp_path, blas_folder=None, geometries=GEOMETRIES,
                   sizes=dict(channels=16, height=40, width=50), kind='Convolution'):
     """The layers' outputs and gradients with 1 and with 2 OpenMP threads, each run in its
     own process; with `blas_folder`, that OpenBLAS build is loaded instead, on one thread."""
-    script = THREADED_RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    script = THREADED_RUN
     dumps = []
     for threads in (1, 2):
         dump = tmp_path / f'threads{threads}.npz'
@@ -226,7 +226,7 @@ def threaded_runs(tmp_path, blas_folder=None, geometries=GEOMETRIES,
             env.update(LD_LIBRARY_PATH=blas_folder, OPENBLAS_NUM_THREADS='1')
         subprocess.run([sys.executable, '-c', script, json.dumps(geometries), str(tmp_path),
                         str(dump), json.dumps(sizes), kind], check=True, env=env,
-                       timeout=120)
+                       cwd=Path(__file__).parent, timeout=120)
         dumps.append(np.load(dump))
     assert len(dumps[0].files) == 3 * len(geometries)
     return dumps
@@ -275,7 +275,7 @@ def test_blas_shares_the_openmp_thread_pool():
     OpenMP OpenBLAS, or MKL on its GNU threading layer where the tools chose it
     (solve/caffe_env.py)."""
     # Imported here: the layer runs import this module where solve/ is not on the path.
-    import caffe_env
+    from fcn.runtime import caffe_env
     maps = open('/proc/self/maps').read().split()
     openblas = {path for path in maps if os.path.basename(path).startswith('libopenblas')}
     assert openblas, 'no OpenBLAS loaded by pycaffe'

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-import caffe_env
+from fcn.runtime import caffe_env
 from bench import blas
-from data.fixtures import FileServer
+from checks.fixtures import FileServer
 
-SOLVE = Path(caffe_env.__file__).resolve().parent
+from fcn.paths import REPO
 
 INTEL = ('processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n'
          'model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n'
@@ -293,10 +293,9 @@ def test_an_outdated_folder_is_remade_with_a_library_of_caffes_name(tmp_path):
 # Then a child that imports caffe without caffe_env runs the same layers.
 IN_A_PROCESS = r'''
 import ctypes, json, os, subprocess, sys, tempfile
-sys.path.insert(0, sys.argv[1])
-child = len(sys.argv) > 2
+child = len(sys.argv) > 1
 if not child:
-    import caffe_env
+    from fcn.runtime import caffe_env
 import numpy as np
 import caffe
 from caffe import layers as L
@@ -337,11 +336,11 @@ try:
 except ValueError:
     pass  # MKL itself
 if not child:
-    import cores
-    cores.ThreadSetter()(5)
+    from fcn.runtime import threads
+    threads.ThreadSetter()(5)
     result['mkl_threads'] = mkl.MKL_Get_Max_Threads()
     result['child'] = json.loads(subprocess.run(
-        [sys.executable, __file__, sys.argv[1], 'child'], capture_output=True, text=True,
+        [sys.executable, __file__, 'child'], capture_output=True, text=True,
         check=True).stdout)
 print(json.dumps(result))
 '''
@@ -350,7 +349,7 @@ print(json.dumps(result))
 def run_in_a_process(tmp_path, env):
     script = tmp_path / 'in_a_process.py'
     script.write_text(IN_A_PROCESS)
-    result = subprocess.run([sys.executable, str(script), str(SOLVE)], env=env,
+    result = subprocess.run([sys.executable, str(script)], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -380,7 +379,7 @@ def test_the_chosen_library_is_the_one_caffe_calls(tmp_path, ready_cache, clean_
 
 
 def test_caffe_loaded_first_keeps_its_blas_and_is_told_so(tmp_path, ready_cache, clean_env):
-    script = f'import sys\nsys.path.insert(0, {str(SOLVE)!r})\nimport caffe\nimport caffe_env\n'
+    script = 'import caffe\nfrom fcn.runtime import caffe_env\n'
     env = dict(clean_env, FCN_BLAS='mkl', FCN_CAFFE_CACHE=str(ready_cache.parent))
     said = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
                           text=True, timeout=60, check=True).stderr
@@ -395,7 +394,7 @@ def test_caffe_loaded_first_keeps_its_blas_and_is_told_so(tmp_path, ready_cache,
 def test_caffes_own_tests_run_with_the_chosen_blas(tmp_path, ready_cache, clean_env):
     printed = 'import json, os; print(json.dumps(dict(os.environ)))'
     command = blas.BUILD.with_runtime_env([sys.executable, '-c', printed])
-    assert command[:3] == [sys.executable, str(SOLVE / 'caffe_env.py'), '--']
+    assert command[:3] == [sys.executable, str(REPO / 'solve' / 'caffe_env.py'), '--']
     env = dict(clean_env, FCN_BLAS='mkl', FCN_CAFFE_CACHE=str(ready_cache.parent))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -409,19 +408,18 @@ REAL_MKL = blas.ready('mkl')
 # What MKL's thread count follows, after Caffe is loaded.
 MKL_THREADS = r'''
 import ctypes, json, os, sys
-sys.path.insert(0, sys.argv[1])
-import caffe_env
-import caffe, cores
+from fcn.runtime import caffe_env, threads
+import caffe
 mkl = ctypes.CDLL('libmkl_rt.so.3', mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
 gomp = ctypes.CDLL('libgomp.so.1', mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-threads = {'start': mkl.MKL_Get_Max_Threads()}
+counts = {'start': mkl.MKL_Get_Max_Threads()}
 gomp.omp_set_num_threads(1)
-threads['omp 1'] = mkl.MKL_Get_Max_Threads()
+counts['omp 1'] = mkl.MKL_Get_Max_Threads()
 gomp.omp_set_num_threads(2)
-threads['omp 2'] = mkl.MKL_Get_Max_Threads()
-cores.ThreadSetter()(1)
-threads['setter 1'] = mkl.MKL_Get_Max_Threads()
-print(json.dumps(threads))
+counts['omp 2'] = mkl.MKL_Get_Max_Threads()
+threads.ThreadSetter()(1)
+counts['setter 1'] = mkl.MKL_Get_Max_Threads()
+print(json.dumps(counts))
 '''
 
 
@@ -438,7 +436,7 @@ def test_real_mkl_runs_caffe_on_gnu_openmp_threads(tmp_path, clean_env):
         assert other_openblas(process['maps'], REAL_MKL) == []
     script = tmp_path / 'mkl_threads.py'
     script.write_text(MKL_THREADS)
-    result = subprocess.run([sys.executable, str(script), str(SOLVE)], env=env,
+    result = subprocess.run([sys.executable, str(script)], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     threads = json.loads(result.stdout)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 spec = importlib.util.spec_from_file_location('caffe_build', REPO / 'caffe-build' / 'build.py')
 build = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build)

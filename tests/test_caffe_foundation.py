@@ -10,7 +10,7 @@ import pytest
 import caffe
 from caffe import layers as L, params as P
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 
 
 class ScaledRampLayer(caffe.Layer):

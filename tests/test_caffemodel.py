@@ -7,10 +7,10 @@ import pytest
 import caffe
 from caffe.proto import caffe_pb2
 
-import caffemodel
-import rehearsal
-import stress
-import trainer
+from fcn import caffemodel
+from checks import rehearsal
+from checks import stress
+from fcn.training import trainer
 from test_surgery import classifier
 
 caffe.set_mode_cpu()

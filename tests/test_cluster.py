@@ -5,11 +5,10 @@ options each job asks for. tests/test_cluster_slurm.py runs them on a real SLURM
 import os
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 
 
 def dry_run(*args, data=None):
@@ -23,7 +22,7 @@ def dry_run(*args, data=None):
         if not line.startswith('sbatch '):
             continue
         words = shlex.split(line)
-        script = words.index('solve/slurm-job.sh')
+        script = words.index('pipeline/slurm-job.sh')
         options, rest = words[1:script], words[script + 1:]
         if rest[0] == '--exec':  # the job script's own option
             options, rest = options + rest[:2], rest[2:]

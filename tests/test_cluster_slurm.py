@@ -18,7 +18,7 @@ import pytest
 
 import local_slurm
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 pytestmark = pytest.mark.skipif(
     not os.environ.get('FCN_CLUSTER_TESTS'),
     reason='the real-SLURM tests run with `make test-cluster` (FCN_CLUSTER_TESTS=1)')
@@ -61,7 +61,7 @@ def make(slurm, data, *args, check=True):
 
 
 def submitted(output):
-    """{label: job id} from cluster.py's lines '   ID  model:kind ...'."""
+    """{label: job id} from pipeline.slurm's lines '   ID  model:kind ...'."""
     return {match.group(2): match.group(1)
             for match in re.finditer(r'^\s*(\d+)\s+(\S+:\w+)', output, re.MULTILINE)}
 

@@ -11,7 +11,7 @@ import pytest
 
 from data.extract import ExtractError, extract, find_root
 from data.fetch import FetchError, Fetcher, place
-from data.fixtures import FileServer
+from checks.fixtures import FileServer
 from data.sources import SOURCES, Source
 from test_data_fixtures import tar_with_member
 

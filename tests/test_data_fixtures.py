@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.fixtures import CONTEXT_SPELLING, CONTEXT_TASK, context_full_labels
+from checks.fixtures import CONTEXT_SPELLING, CONTEXT_TASK, context_full_labels
 
 
 def context_expected(full_map):

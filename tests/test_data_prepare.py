@@ -10,7 +10,7 @@ import pytest
 
 from data import prepare as prep
 from data.fetch import Fetcher
-from data.fixtures import FileServer, write_archives
+from checks.fixtures import FileServer, write_archives
 from data.sources import SOURCES, Source
 from layers.nyud import NYUDSegDataLayer
 from layers.pascalcontext import PASCALContextSegDataLayer

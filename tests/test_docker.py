@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import container
-import devices
+from pipeline import container
+from fcn.runtime import devices
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 DOCKERFILE = REPO / 'Dockerfile'
 spec = importlib.util.spec_from_file_location('caffe_build', REPO / 'caffe-build' / 'build.py')
 build = importlib.util.module_from_spec(spec)
@@ -136,7 +136,7 @@ def test_the_readmes_docker_run_commands_work_on_a_fresh_clone():
 
 def test_the_entry_point_checks_every_volume():
     text = DOCKERFILE.read_text()
-    assert re.search(r'^ENTRYPOINT \[.*"/fcn/solve/container\.py"\]$', text, re.M)
+    assert re.search(r'^ENTRYPOINT \[.*"-m", "pipeline\.container"\]$', text, re.M)
     outputs = re.search(r'FCN_OUTPUT_DIRS="([^"]*)"', text).group(1).split()
     assert set(outputs) == volumes()
 

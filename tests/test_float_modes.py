@@ -15,12 +15,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 FTZ, DAZ = 0x8000, 0x0040
 
 pytestmark = pytest.mark.skipif(os.uname().machine != 'x86_64', reason='MXCSR is x86')

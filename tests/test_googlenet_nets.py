@@ -9,7 +9,7 @@ from google.protobuf import text_format
 import caffe
 from caffe.proto import caffe_pb2
 
-import surgery
+from fcn import surgery
 from models import googlenet
 from models.generate import MODELS_DIR
 from models.specs import BASE_NETS, MODELS

@@ -6,10 +6,10 @@ from PIL import Image
 
 import caffe
 
-import infer
-import stress
-import viz
-from netfiles import UsageError
+from fcn import inference
+from checks import stress
+from fcn import pictures
+from fcn.nets import UsageError
 
 caffe.set_mode_cpu()
 
@@ -32,12 +32,12 @@ def test_labels_and_overlays_at_every_image_size(tmp_path, deploy_net):
     for name, shape in sizes.items():
         Image.fromarray(rng.integers(0, 255, shape + (3,), dtype=np.uint8)).save(tmp_path / name)
     mean = np.array([100, 110, 120], np.float32)
-    written = infer.infer_files(deploy_net, stress.heads(), mean,
+    written = inference.infer_files(deploy_net, stress.heads(), mean,
                                 [tmp_path / name for name in sizes], tmp_path / 'out')
     assert [p.name for p in written] == ['small.png', 'wide.png', 'big.png']
     for name, shape in sizes.items():
         stem = name.split('.')[0]
-        label = viz.read_label_png(tmp_path / 'out' / f'{stem}.png')
+        label = pictures.read_label_png(tmp_path / 'out' / f'{stem}.png')
         assert label.shape == shape
         with Image.open(tmp_path / 'out' / f'{stem}_overlay.png') as overlay:
             # the image's overlay at its size, the legend to its right
@@ -61,14 +61,14 @@ def test_nets_with_other_inputs_are_refused(tmp_path):
     path = tmp_path / 'fused.prototxt'
     path.write_text(str(n.to_proto()))
     with pytest.raises(UsageError, match=r'takes color \(3 channels\), hha \(3 channels\)'):
-        infer.single_input(caffe.Net(str(path), caffe.TEST), 'fused')
+        inference.single_input(caffe.Net(str(path), caffe.TEST), 'fused')
 
 
 def test_the_mean_is_the_models_own():
     from models.specs import MODELS
-    np.testing.assert_allclose(infer.input_mean(MODELS['voc-fcn8s']),
+    np.testing.assert_allclose(inference.input_mean(MODELS['voc-fcn8s']),
                                [104.00699, 116.66877, 122.67892])
-    np.testing.assert_allclose(infer.input_mean(MODELS['siftflow-fcn8s']),
+    np.testing.assert_allclose(inference.input_mean(MODELS['siftflow-fcn8s']),
                                [114.578, 115.294, 108.353], rtol=1e-6)
-    np.testing.assert_allclose(infer.input_mean(MODELS['nyud-fcn32s-hha']),
+    np.testing.assert_allclose(inference.input_mean(MODELS['nyud-fcn32s-hha']),
                                [132.431, 94.076, 118.477], rtol=1e-6)

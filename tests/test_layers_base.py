@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import caffe
-from data.fixtures import make_voc
+from checks.fixtures import make_voc
 from layers import base
 from layers.base import DataLayerError, resolve_dir
 from layers.voc import VOCSegDataLayer

@@ -5,7 +5,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from data.fixtures import SIFTFLOW_SCENES, make_context, make_nyud, make_sbdd, make_siftflow
+from checks.fixtures import SIFTFLOW_SCENES, make_context, make_nyud, make_sbdd, make_siftflow
 from layers import nyud, pascalcontext, siftflow, voc
 from layers.base import DataLayerError
 from layers.nyud import NYUDSegDataLayer

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-import devices
-import multigpu
-import netfiles
-import solve
-import stress
-import trainer
+from fcn.runtime import devices
+from fcn.training import multigpu
+from fcn import nets
+from solve import solve as solve_command
+from checks import stress
+from fcn.training import trainer
 
-SOLVE_DIR = Path(solve.__file__).resolve().parent
 
 
 class Recorder:
@@ -150,7 +149,8 @@ def test_the_data_layers_shard_the_training_set_by_rank(tmp_path):
     net = tmp_path / 'train.prototxt'
     net.write_text(str(stress.tiny_fcn(stress.voc_param('train', voc))))
     child = textwrap.dedent(f'''
-        import caffe, multigpu
+        import caffe
+        from fcn.training import multigpu
         class CPUCaffe:  # the GPU calls of configure_rank stubbed, the rest real
             def __getattr__(self, name):
                 return (lambda *a: None) if name in ('set_device', 'set_mode_gpu') \\
@@ -159,19 +159,19 @@ def test_the_data_layers_shard_the_training_set_by_rank(tmp_path):
         net = caffe.Net({str(net)!r}, caffe.TRAIN)
         print(' '.join(net.layers[0].ids))
     ''')
-    result = subprocess.run([sys.executable, '-c', child], cwd=SOLVE_DIR, capture_output=True,
+    result = subprocess.run([sys.executable, '-c', child], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ['1', '4']  # ids 1 and 4 of 0..6: rank 1 of 3
 
 
 def test_gpu_checks_name_what_is_missing():
-    with pytest.raises(netfiles.UsageError, match='CPU-only'):
+    with pytest.raises(nets.UsageError, match='CPU-only'):
         devices.check_gpus([0], has_cuda=lambda: False)
-    with pytest.raises(netfiles.UsageError, match='has no NCCL'):
+    with pytest.raises(nets.UsageError, match='has no NCCL'):
         devices.check_gpus([0, 1], need_nccl=True, has_cuda=lambda: True,
                            has_nccl=lambda: False)
-    with pytest.raises(netfiles.UsageError, match='GPU 2 is not usable: 2 GPU'):
+    with pytest.raises(nets.UsageError, match='GPU 2 is not usable: 2 GPU'):
         devices.check_gpus([0, 2], need_nccl=True, has_cuda=lambda: True,
                            has_nccl=lambda: True, device_count=lambda: (2, '2 GPU(s) visible'))
     devices.check_gpus([0, 1], need_nccl=True, has_cuda=lambda: True, has_nccl=lambda: True,
@@ -181,5 +181,5 @@ def test_gpu_checks_name_what_is_missing():
 @pytest.mark.parametrize('flag', [['--gpu', '0'], ['--gpus', '0,1']])
 def test_gpu_flags_on_this_cpu_only_build_fail_before_caffe_is_asked(flag):
     assert not devices.caffe_has_cuda()
-    with pytest.raises(netfiles.UsageError, match='this Caffe build is CPU-only'):
-        solve.main(['voc-fcn32s'] + flag)
+    with pytest.raises(nets.UsageError, match='this Caffe build is CPU-only'):
+        solve_command.main(['voc-fcn32s'] + flag)

@@ -16,12 +16,12 @@ import caffe
 from caffe import layers as L
 from data import check, toy
 from layers.base import DataLayerError
-from models import generate, local
+from models import declared, generate
 from models.specs import MODELS
 
-import netfiles
-import new_model
-import surgery
+from fcn import nets, paths
+from solve import new_model
+from fcn import surgery
 
 caffe.set_mode_cpu()
 
@@ -227,12 +227,12 @@ def declaration(**changes):
 
 def test_a_declaration_becomes_model_specs_and_prototxts(tmp_path):
     (tmp_path / 'mine.json').write_text(json.dumps(declaration()))
-    model, = local.read_all(tmp_path, taken=set(MODELS))
+    model, = declared.read_all(tmp_path, taken=set(MODELS))
     spec, = model.stages
     assert (spec.name, spec.stride, spec.init, spec.base_lr, spec.width) == (
         'mine-fcn32s', 32, 'vgg16-fcn', 1e-10, 0.125)
     assert spec.heads[0].num_classes == 3 and spec.heads[0].class_names == CLASSES
-    assert netfiles.class_names(spec, spec.heads[0]) == CLASSES
+    assert nets.class_names(spec, spec.heads[0]) == CLASSES
     files = generate.render(spec, 'models/local/mine.json')
     assert set(files) == {f'mine-fcn32s/{kind}.prototxt'
                           for kind in ('train', 'val', 'deploy', 'solver')}
@@ -255,16 +255,16 @@ def test_a_bad_declaration_names_its_file_and_key(tmp_path, changes, message):
     if 'colour' in changes:
         data['colour'] = 'red'
     (tmp_path / 'mine.json').write_text(json.dumps(data))
-    with pytest.raises(local.LocalModelError, match=message) as error:
-        local.read_all(tmp_path)
+    with pytest.raises(declared.LocalModelError, match=message) as error:
+        declared.read_all(tmp_path)
     assert str(tmp_path / 'mine.json') in str(error.value)
 
 
 def test_a_declared_name_may_not_take_a_models(tmp_path):
     stage = dict(declaration()['stages'][0], name='voc-fcn32s')
     (tmp_path / 'mine.json').write_text(json.dumps(declaration(stages=[stage])))
-    with pytest.raises(local.LocalModelError, match="'voc-fcn32s' is taken by models/specs"):
-        local.read_all(tmp_path, taken=set(MODELS))
+    with pytest.raises(declared.LocalModelError, match="'voc-fcn32s' is taken by models/specs"):
+        declared.read_all(tmp_path, taken=set(MODELS))
 
 
 # ---- what new_model.py chooses -----------------------------------------------------------
@@ -331,7 +331,7 @@ def test_sources_resolve_to_what_training_starts_from():
     with pytest.raises(SystemExit, match='neither a classifier'):
         new_model.resolve_source('no-such-net', None)
     # every classifier's base weights have a Makefile rule
-    makefile = (netfiles.REPO / 'Makefile').read_text()
+    makefile = (paths.REPO / 'Makefile').read_text()
     for weights in new_model.CLASSIFIER_BASE_WEIGHTS.values():
         assert f'\n$(BASE_WEIGHTS)/{weights}.caffemodel:' in makefile
 
@@ -340,7 +340,7 @@ def test_sources_resolve_to_what_training_starts_from():
 
 def param_shapes(spec, tmp_path):
     net_param = generate.BUILDERS[spec.body, spec.task](spec, 'deploy')
-    with netfiles.temporary_prototxt(net_param, tmp_path) as path:
+    with nets.temporary_prototxt(net_param, tmp_path) as path:
         net = caffe.Net(path, caffe.TEST)
     return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
 
@@ -370,9 +370,9 @@ def checkout_copy(destination):
     """The repository's files (tracked and new, not ignored) copied with their times, as a
     fresh clone has them; the virtualenv is this one's."""
     files = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
-                           cwd=netfiles.REPO, capture_output=True, check=True).stdout
+                           cwd=paths.REPO, capture_output=True, check=True).stdout
     for name in filter(None, files.decode().split('\0')):
-        source = netfiles.REPO / name
+        source = paths.REPO / name
         if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)

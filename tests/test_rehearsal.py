@@ -12,10 +12,10 @@ import pytest
 
 import caffe
 from caffe.proto import caffe_pb2
-from data import fixtures
+from checks import fixtures
 
-import rehearsal
-import surgery
+from checks import rehearsal
+from fcn import surgery
 from test_surgery import classifier
 
 caffe.set_mode_cpu()
@@ -134,7 +134,7 @@ def test_a_make_run_is_measured_stage_by_stage(tmp_path):
     said = in_fresh_python(textwrap.dedent('''
         import json, os, sys
         from pathlib import Path
-        import rehearsal
+        from checks import rehearsal
         script = ('echo "/x/python solve/solve.py voc-fcn32s --cpu"; '
                   '{} -c "import time, numpy; a = numpy.ones(300 * 2**20 // 8); time.sleep(2)"; '
                   'echo "/x/python solve/score.py voc-fcn32s --weights w"; exit 3'
@@ -159,7 +159,7 @@ def test_the_peak_reported_is_makes_not_the_rehearsals(tmp_path):
         import json, os
         from pathlib import Path
         import numpy
-        import rehearsal
+        from checks import rehearsal
         folder = Path(os.environ['TMP_PATH'])
 
         def make_served(folder):  # as heavy as making the classifiers

@@ -17,21 +17,24 @@ import caffe
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-import infer
-import netfiles
-import report
-import score
-import viz
+from fcn import inference, paths
+from solve import infer as infer_command
+from fcn import nets
+from solve import report
+from fcn import evaluation
+from solve import score as score_command
+from fcn import pictures
 from data import prepare as prep
-from data.fixtures import FileServer, make_voc
-from models import generate, weights as published
+from checks.fixtures import FileServer, make_voc
+from models import generate
+from data import weights as published
 from models.specs import MODELS
-from netfiles import UsageError
+from fcn.nets import UsageError
 from released_nets import REFERENCE, write_released
 from test_models_nets import with_input_layer
 
 caffe.set_mode_cpu()
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 NARROW = 1 / 16
 MEAN = (104.00699, 116.66877, 122.67892)
 
@@ -111,7 +114,7 @@ def test_released_weights_load_by_name_into_deploy_and_val_nets(model, tmp_path)
         for name, arrays in written.items():
             for blob, array in zip(net.params[name], arrays):
                 np.testing.assert_array_equal(blob.data, array)
-        assert netfiles.unfilled_layers(net) == []
+        assert nets.unfilled_layers(net) == []
 
 
 # ---- fetching --------------------------------------------------------------------------
@@ -126,8 +129,8 @@ def served(tmp_path, monkeypatch):
     (folder / 'VGG_ILSVRC_16_layers.caffemodel').write_bytes(b'not the VGG16 classifier')
     monkeypatch.setattr(prep, 'Fetcher', functools.partial(prep.Fetcher, retry_wait=0))
     monkeypatch.setattr(published, 'WEIGHTS_DIR', tmp_path / 'weights')
-    monkeypatch.setattr(netfiles, 'RUNS_DIR', tmp_path / 'runs')
-    monkeypatch.setattr(netfiles, 'MODELS_DIR', tmp_path / 'models')
+    monkeypatch.setattr(paths, 'RUNS_DIR', tmp_path / 'runs')
+    monkeypatch.setattr(paths, 'MODELS_DIR', tmp_path / 'models')
     for variable in ('FCN_DATA_MIRROR', 'FCN_ARCHIVES'):
         monkeypatch.delenv(variable, raising=False)
     for key in prep.ALL_SOURCES:
@@ -184,17 +187,17 @@ def test_archives_and_url_overrides_serve_weights_as_they_serve_datasets(tmp_pat
     name = published.RELEASED['voc-fcn16s'].filename
     (archive / name).write_bytes((served.folder / name).read_bytes())
     monkeypatch.setenv('FCN_ARCHIVES', str(archive))
-    path = netfiles.weights_file('voc-fcn16s', 'released')  # what score.py and infer.py call
+    path = nets.weights_file('voc-fcn16s', 'released')  # what score.py and infer.py call
     assert path.read_bytes() == (archive / name).read_bytes() and served.requests == []
     elsewhere = served.folder / 'elsewhere.caffemodel'
     elsewhere.write_bytes(b'the at-once net, from another host')
     monkeypatch.setenv('FCN_URL_VOC_FCN8S_ATONCE', served.url + '/elsewhere.caffemodel')
-    path = netfiles.weights_file('voc-fcn8s-atonce', 'released')
+    path = nets.weights_file('voc-fcn8s-atonce', 'released')
     assert path == tmp_path / 'weights/released/fcn8s-atonce-pascal.caffemodel'
     assert path.read_bytes() == elsewhere.read_bytes()
     assert served.requests == [('elsewhere.caffemodel', None)]
     with pytest.raises(UsageError, match='nyud-fcn32s-color-d has no released weights'):
-        netfiles.weights_file('nyud-fcn32s-color-d', 'released')
+        nets.weights_file('nyud-fcn32s-color-d', 'released')
 
 
 # ---- scoring ---------------------------------------------------------------------------
@@ -215,17 +218,17 @@ def test_eval_released_scores_the_val_split_as_score_py_by_hand(tmp_path, served
     narrow_files(tmp_path / 'models', 'voc-fcn16s')
     monkeypatch.setenv('FCN_DATA_DIR', str(data))
     monkeypatch.setenv('FCN_DATA_MIRROR', served.url)
-    score.main(['voc-fcn16s', '--weights', 'released', '--data-dir', str(data), '--cpu'])
+    score_command.main(['voc-fcn16s', '--weights', 'released', '--data-dir', str(data), '--cpu'])
     released = json.loads((tmp_path / 'runs/released/voc-fcn16s/score.json').read_text())
     weights = tmp_path / 'weights/released/fcn16s-heavy-pascal.caffemodel'
     assert released['weights'] == str(weights) and released['released'] is True
     assert released['split'] == 'seg11valid' and released['n_images'] == len(ids)
     # score.py run by hand on the downloaded file
     by_hand = tmp_path / 'by-hand.json'
-    score.main(['voc-fcn16s', '--weights', str(weights), '--data-dir', str(data), '--cpu',
+    score_command.main(['voc-fcn16s', '--weights', str(weights), '--data-dir', str(data), '--cpu',
                 '--json', str(by_hand)])
     by_hand = json.loads(by_hand.read_text())
-    for key in score.METRIC_KEYS + ('confusion',):
+    for key in evaluation.METRIC_KEYS + ('confusion',):
         assert released[key] == by_hand[key], key
     # and without score.py: the deploy net over the images, the metrics from their formulas
     net = instantiate(read_net(tmp_path / 'models/voc-fcn16s/deploy.prototxt'), tmp_path, weights)
@@ -250,7 +253,7 @@ def test_released_weights_lacking_layers_are_refused(tmp_path, served, monkeypat
     monkeypatch.setenv('FCN_DATA_DIR', str(tmp_path / 'data'))
     with pytest.raises(UsageError, match=r'has no weights for 1 layers of voc-fcn16s '
                                          r'\(score_pool4\): it is not a voc-fcn16s model'):
-        score.main(['voc-fcn16s', '--weights', 'released', '--cpu'])
+        score_command.main(['voc-fcn16s', '--weights', 'released', '--cpu'])
 
 
 # ---- inference -------------------------------------------------------------------------
@@ -289,7 +292,7 @@ def test_infer_segments_a_folder_of_every_size_and_mode(tmp_path, served, monkey
     images.mkdir()
     expected = images_of_every_mode(images, np.random.default_rng(3))
     (images / 'notes.txt').write_text('not an image')
-    infer.main(['voc-fcn8s-atonce', '--weights', 'released', str(images), '--probabilities',
+    infer_command.main(['voc-fcn8s-atonce', '--weights', 'released', str(images), '--probabilities',
                 '--cpu'])
     out = tmp_path / 'runs/released/voc-fcn8s-atonce/infer'
     assert 'infer voc-fcn8s-atonce: 6/6' in capsys.readouterr().err
@@ -297,19 +300,19 @@ def test_infer_segments_a_folder_of_every_size_and_mode(tmp_path, served, monkey
     net = instantiate(read_net(tmp_path / 'models/voc-fcn8s-atonce/deploy.prototxt'), tmp_path,
                       weights)
     spec = MODELS['voc-fcn8s-atonce']
-    names = netfiles.class_names(spec, spec.heads[0])
+    names = nets.class_names(spec, spec.heads[0])
     for stem, rgb in expected.items():
-        label = viz.read_label_png(out / f'{stem}.png')
+        label = pictures.read_label_png(out / f'{stem}.png')
         np.testing.assert_array_equal(label, forward_by_hand(net, rgb.astype(np.uint8)))
         with Image.open(out / f'{stem}_overlay.png') as overlay:
             sheet = np.array(overlay)
         height, width = label.shape
         np.testing.assert_array_equal(sheet[:height, :width],
-                                      viz.overlay(rgb.astype(np.uint8), label))
+                                      pictures.overlay(rgb.astype(np.uint8), label))
         legend = sheet[:, width:].reshape(-1, 3)
         colours = {tuple(c) for c in legend}
         for class_id in range(21):
-            colour = tuple(viz.PALETTE[class_id])
+            colour = tuple(pictures.PALETTE[class_id])
             if class_id in label:
                 assert colour in colours, (stem, names[class_id])
             elif len(set(colour)) > 1:  # greys could be anti-aliased text
@@ -329,14 +332,14 @@ def test_infer_shrinks_large_images_for_the_net_and_labels_them_at_their_size(tm
     net = instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights)
     rgb = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / 'big.png')
-    infer.infer_files(net, MODELS['voc-fcn8s'].heads, np.array(MEAN, np.float32),
+    inference.infer_files(net, MODELS['voc-fcn8s'].heads, np.array(MEAN, np.float32),
                       [tmp_path / 'big.png'], tmp_path / 'out', max_side=30)
-    label = viz.read_label_png(tmp_path / 'out' / 'big.png')
+    label = pictures.read_label_png(tmp_path / 'out' / 'big.png')
     assert label.shape == (60, 90)
     small = np.array(Image.fromarray(rgb).resize((30, 20), Image.Resampling.BILINEAR))
-    scores = infer.segment(net, 'data', small, np.array(MEAN, np.float32),
+    scores = inference.segment(net, 'data', small, np.array(MEAN, np.float32),
                            MODELS['voc-fcn8s'].heads)['label']
-    np.testing.assert_array_equal(label, infer.resized_scores(scores, (60, 90)).argmax(0))
+    np.testing.assert_array_equal(label, inference.resized_scores(scores, (60, 90)).argmax(0))
 
 
 def test_infer_two_heads_and_refused_inputs(tmp_path):
@@ -345,26 +348,26 @@ def test_infer_two_heads_and_refused_inputs(tmp_path):
     write_released(weights, 'siftflow-fcn32s')
     net = instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'coast.jpg')
-    written = infer.infer_files(net, MODELS['siftflow-fcn32s'].heads, np.zeros(3, np.float32),
+    written = inference.infer_files(net, MODELS['siftflow-fcn32s'].heads, np.zeros(3, np.float32),
                                 [tmp_path / 'coast.jpg'], tmp_path / 'out')
     assert [p.name for p in written] == ['coast_sem.png', 'coast_geo.png']
-    assert viz.read_label_png(written[1]).max() < 3
+    assert pictures.read_label_png(written[1]).max() < 3
     with pytest.raises(UsageError, match='no such image or folder: .*missing.png'):
-        infer.image_paths([tmp_path / 'missing.png'])
+        inference.image_paths([tmp_path / 'missing.png'])
     (tmp_path / 'other').mkdir()
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / 'other' / 'coast.png')
     with pytest.raises(UsageError, match='would write the same outputs'):
-        infer.image_paths([tmp_path / 'coast.jpg', tmp_path / 'other'])
+        inference.image_paths([tmp_path / 'coast.jpg', tmp_path / 'other'])
     (tmp_path / 'broken.png').write_bytes(b'\x89PNG broken')
     with pytest.raises(UsageError, match='cannot read image .*broken.png'):
-        infer.read_rgb(tmp_path / 'broken.png')
+        inference.read_rgb(tmp_path / 'broken.png')
 
 
 # ---- the report and the make rules -------------------------------------------------------
 
 def test_report_sets_published_released_and_own_scores_side_by_side(tmp_path, monkeypatch,
                                                                      capsys):
-    monkeypatch.setattr(netfiles, 'RUNS_DIR', tmp_path / 'runs')
+    monkeypatch.setattr(paths, 'RUNS_DIR', tmp_path / 'runs')
 
     def scored(path, document):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,15 @@
-"""score.py: the metrics against a straightforward per-class implementation, the missing
+"""evaluation.py: the metrics against a straightforward per-class implementation, the missing
 class rules, sharded scoring that merges to the unsharded result, and scoring a net."""
 import json
 
 import numpy as np
 import pytest
 
-import score
-import stress
-import viz
-from netfiles import UsageError
+from fcn import evaluation
+from solve import score as score_command
+from checks import stress
+from fcn import pictures
+from fcn.nets import UsageError
 
 VOID = 255
 
@@ -58,7 +59,7 @@ def random_maps(rng, count, num_classes, absent=(), predicted_only=()):
 def test_metrics_match_the_per_class_computation(ignore_absent):
     rng = np.random.default_rng(0)
     gts, preds = random_maps(rng, 7, num_classes=6, absent=(4,), predicted_only=(2,))
-    hist = score.ConfusionMatrix(6)
+    hist = evaluation.ConfusionMatrix(6)
     for gt, pred in zip(gts, preds):
         hist.add(gt, pred)
     got = hist.metrics(ignore_absent=ignore_absent)
@@ -67,14 +68,14 @@ def test_metrics_match_the_per_class_computation(ignore_absent):
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
     assert list(got['per_class_iu'].values()) == pytest.approx(want['per_class_iu'])
     assert got['n_images'] == 7
-    assert set(got) == set(score.METRIC_KEYS)
+    assert set(got) == set(evaluation.METRIC_KEYS)
 
 
 def test_missing_classes_the_reference_way_and_with_ignore_absent():
     # class 1 has predictions but no ground truth; class 2 appears nowhere
     gt = np.array([[0, 0, 3, 3]])
     pred = np.array([[0, 1, 3, 3]])
-    hist = score.ConfusionMatrix(4)
+    hist = evaluation.ConfusionMatrix(4)
     hist.add(gt, pred)
     default = hist.metrics()
     assert default['per_class_iu'] == {'class 0': 0.5, 'class 1': 0.0, 'class 2': None,
@@ -86,7 +87,7 @@ def test_missing_classes_the_reference_way_and_with_ignore_absent():
 
 
 def test_void_and_out_of_range_ground_truth_are_not_counted():
-    hist = score.ConfusionMatrix(3)
+    hist = evaluation.ConfusionMatrix(3)
     hist.add(np.array([VOID, 1, 7]), np.array([2, 1, 0]))
     assert hist.hist.sum() == 1 and hist.hist[1, 1] == 1
     with pytest.raises(ValueError, match='class ids 0..2'):
@@ -95,7 +96,7 @@ def test_void_and_out_of_range_ground_truth_are_not_counted():
 
 def write_pngs(folder, maps):
     for index, label in enumerate(maps):
-        viz.save_label_png(folder / f'{index:03d}.png', label)
+        pictures.save_label_png(folder / f'{index:03d}.png', label)
 
 
 def test_shards_merge_into_the_unsharded_result(tmp_path, capsys):
@@ -105,15 +106,15 @@ def test_shards_merge_into_the_unsharded_result(tmp_path, capsys):
     write_pngs(tmp_path / 'pred', preds)
     common = ['--pred-dir', str(tmp_path / 'pred'), '--gt-dir', str(tmp_path / 'gt'),
               '--num-classes', '5', '--ignore-absent']
-    score.main(common + ['--json', str(tmp_path / 'whole.json')])
+    score_command.main(common + ['--json', str(tmp_path / 'whole.json')])
     shards = []
     for index in range(3):
         shards.append(tmp_path / f'shard{index}.npz')
-        score.main(common + ['--shard', f'{index}/3', '--save-hist', str(shards[-1])])
-    score.main(['--merge'] + [str(p) for p in shards] + ['--json', str(tmp_path / 'm.json')])
+        score_command.main(common + ['--shard', f'{index}/3', '--save-hist', str(shards[-1])])
+    score_command.main(['--merge'] + [str(p) for p in shards] + ['--json', str(tmp_path / 'm.json')])
     whole = json.loads((tmp_path / 'whole.json').read_text())
     merged = json.loads((tmp_path / 'm.json').read_text())
-    for key in score.METRIC_KEYS:
+    for key in evaluation.METRIC_KEYS:
         assert merged[key] == whole[key], key
     assert merged['confusion'] == whole['confusion']
     assert whole['n_images'] == 9
@@ -122,14 +123,14 @@ def test_shards_merge_into_the_unsharded_result(tmp_path, capsys):
     assert whole['mean_iu'] == pytest.approx(want['mean_iu'])
     assert (tmp_path / 'whole-confusion.png').stat().st_size > 0
     with pytest.raises(UsageError, match='do not make one whole split'):
-        score.main(['--merge', str(shards[0]), str(shards[2])])
+        score_command.main(['--merge', str(shards[0]), str(shards[2])])
 
 
 def test_prediction_missing_for_a_label_is_an_error(tmp_path):
     write_pngs(tmp_path / 'gt', [np.zeros((4, 4), np.uint8)] * 2)
     write_pngs(tmp_path / 'pred', [np.zeros((4, 4), np.uint8)])
     with pytest.raises(UsageError, match='no prediction .*001.png'):
-        score.main(['--pred-dir', str(tmp_path / 'pred'), '--gt-dir', str(tmp_path / 'gt'),
+        score_command.main(['--pred-dir', str(tmp_path / 'pred'), '--gt-dir', str(tmp_path / 'gt'),
                     '--num-classes', '2'])
 
 
@@ -146,11 +147,11 @@ def val_net(tmp_path_factory):
 def test_score_net_counts_every_image_and_shards_add_up(val_net, tmp_path):
     heads = stress.heads()
     ids = [str(i) for i in range(6)]
-    whole = score.score_net(val_net, heads, ids, save_dir=tmp_path)['label']
-    again = score.score_net(val_net, heads, ids)['label']
+    whole = evaluation.score_net(val_net, heads, ids, save_dir=tmp_path)['label']
+    again = evaluation.score_net(val_net, heads, ids)['label']
     np.testing.assert_array_equal(whole.hist, again.hist)  # the reader ends where it began
-    parts = [score.score_net(val_net, heads, ids, shard=(i, 4))['label'] for i in range(4)]
-    total = score.ConfusionMatrix(stress.NUM_CLASSES)
+    parts = [evaluation.score_net(val_net, heads, ids, shard=(i, 4))['label'] for i in range(4)]
+    total = evaluation.ConfusionMatrix(stress.NUM_CLASSES)
     for part in parts:
         total += part
     np.testing.assert_array_equal(total.hist, whole.hist)
@@ -158,20 +159,20 @@ def test_score_net_counts_every_image_and_shards_add_up(val_net, tmp_path):
     # every non-void pixel of every image is counted exactly once
     pixels = sum((stress.synthetic_example(i, 16)[1] != VOID).sum() for i in range(6))
     assert whole.hist.sum() == pixels
-    label = viz.read_label_png(tmp_path / '5.png')
+    label = pictures.read_label_png(tmp_path / '5.png')
     assert label.shape == stress.synthetic_example(5, 16)[1].shape[1:]
     assert label.max() < stress.NUM_CLASSES
 
 
 def test_the_first_images_are_divided_among_the_shards(val_net):
-    """score.py --images N --shard i/n: the shards of the split's first N images add up
+    """evaluation.py --images N --shard i/n: the shards of the split's first N images add up
     to scoring those N images whole (make SHARDS=n VAL_IMAGES=N)."""
     heads = stress.heads()
     ids = [str(i) for i in range(6)]
-    first = score.score_net(val_net, heads, ids, limit=4)['label']
-    total = score.ConfusionMatrix(stress.NUM_CLASSES)
+    first = evaluation.score_net(val_net, heads, ids, limit=4)['label']
+    total = evaluation.ConfusionMatrix(stress.NUM_CLASSES)
     for index in range(3):
-        total += score.score_net(val_net, heads, ids, shard=(index, 3), limit=4)['label']
+        total += evaluation.score_net(val_net, heads, ids, shard=(index, 3), limit=4)['label']
     np.testing.assert_array_equal(total.hist, first.hist)
     assert total.n_images == first.n_images == 4
     pixels = sum((stress.synthetic_example(i, 16)[1] != VOID).sum() for i in range(4))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fcn.paths import REPO
 
 
 def make(*args, env=None, dry_run=False):
@@ -73,8 +73,8 @@ def check_prediction_sheet(tmp_path, toy, runs):
     labels that infer.py, a command of its own, writes for the same image and weights."""
     import numpy as np
     from PIL import Image
-    import demo
-    import viz
+    from fcn import pictures
+    from fcn.reports import demo
     ids = (toy / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()[:2]
     sheet_path = tmp_path / 'predictions.png'
     demo.prediction_sheet(runs, toy, sheet_path, count=2)
@@ -88,8 +88,8 @@ def check_prediction_sheet(tmp_path, toy, runs):
                                                                           ::demo.SHEET_ZOOM]
 
     for row, image_id in enumerate(ids):
-        truth = viz.read_label_png(toy / 'SegmentationClass' / f'{image_id}.png')
-        assert np.array_equal(tile(row, 1), viz.PALETTE[truth])
+        truth = pictures.read_label_png(toy / 'SegmentationClass' / f'{image_id}.png')
+        assert np.array_equal(tile(row, 1), pictures.PALETTE[truth])
     for column, (_, model) in enumerate(demo.STAGES, start=2):
         out = tmp_path / 'infer' / model
         done = subprocess.run(
@@ -99,13 +99,13 @@ def check_prediction_sheet(tmp_path, toy, runs):
             cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         for row, image_id in enumerate(ids):
-            labels = viz.read_label_png(out / f'{image_id}.png')
-            assert np.array_equal(tile(row, column), viz.PALETTE[labels]), (model, image_id)
+            labels = pictures.read_label_png(out / f'{image_id}.png')
+            assert np.array_equal(tile(row, column), pictures.PALETTE[labels]), (model, image_id)
 
 
 @pytest.mark.parametrize('flag', ['--iterations', '--steps'])
 def test_run_lengths_must_be_positive(flag):
-    import netfiles
-    import solve
-    with pytest.raises(netfiles.UsageError, match=f'{flag} 0 is out of range'):
-        solve.main(['voc-fcn32s', flag, '0'])
+    from fcn import nets
+    from solve import solve as solve_command
+    with pytest.raises(nets.UsageError, match=f'{flag} 0 is out of range'):
+        solve_command.main(['voc-fcn32s', flag, '0'])

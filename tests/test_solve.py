@@ -14,14 +14,14 @@ import pytest
 
 import caffe
 
-import netfiles
-import solve
-import stress
-import surgery
-import trainer
+from fcn import nets, paths
+from fcn.training import start
+from solve import solve as solve_command
+from checks import stress
+from fcn import surgery
+from fcn.training import trainer
 
 caffe.set_mode_cpu()
-SOLVE_DIR = Path(solve.__file__).resolve().parent
 
 
 def tiny_stage(tmp_path, **settings):
@@ -59,7 +59,7 @@ def test_training_validates_logs_and_snapshots(tmp_path, capsys):
     for plot in ('loss.png', 'mean_iu.png'):
         assert (run / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     # Caffe is given absolute net paths and never snapshots by itself
-    param = netfiles.read_solver(run / 'solver.prototxt')
+    param = nets.read_solver(run / 'solver.prototxt')
     assert Path(param.train_net).is_absolute() and param.snapshot == 0
     # upsampling was filled with bilinear kernels and stayed fixed (lr_mult 0)
     upscore = params_of(run / 'final.caffemodel')['upscore'][0].reshape(3, 3, 4, 4)
@@ -80,13 +80,15 @@ def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signals):
     signum = signals[0]
     solver = stress.write_model(tmp_path / 'model', max_iter=100000, snapshot=100000)
     child = textwrap.dedent(f'''
-        import sys, caffe, solve, stress, trainer
+        import sys, caffe
+        from checks import stress
+        from fcn.training import start, trainer
         caffe.set_mode_cpu()
         stage = trainer.Stage(name='tiny', solver={str(solver)!r}, run_dir={str(tmp_path / 'run')!r},
                               heads=stress.heads(), test_every=0)
-        sys.exit(solve.run(stage))
+        sys.exit(start.run(stage))
     ''')
-    process = subprocess.Popen([sys.executable, '-c', child], cwd=SOLVE_DIR,
+    process = subprocess.Popen([sys.executable, '-c', child],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / 'run' / 'train_log.csv'
     deadline = time.monotonic() + 60
@@ -132,12 +134,12 @@ def test_keep_snapshots_and_resume_auto(tmp_path):
 
 def test_initial_weights_follow_the_model_table(tmp_path, monkeypatch):
     from models.specs import MODELS
-    monkeypatch.setattr(netfiles, 'RUNS_DIR', tmp_path / 'runs')
-    monkeypatch.setattr(solve, 'WEIGHTS_DIR', tmp_path / 'weights')
-    with pytest.raises(netfiles.UsageError, match=r'train voc-fcn32s first \(`make voc-fcn32s`\)'):
-        solve.init_weights(MODELS['voc-fcn16s'])
-    with pytest.raises(netfiles.UsageError, match='vgg16-fcn.caffemodel, which does not exist'):
-        solve.init_weights(MODELS['voc-fcn32s'])
+    monkeypatch.setattr(paths, 'RUNS_DIR', tmp_path / 'runs')
+    monkeypatch.setattr(paths, 'WEIGHTS_DIR', tmp_path / 'weights')
+    with pytest.raises(nets.UsageError, match=r'train voc-fcn32s first \(`make voc-fcn32s`\)'):
+        start.init_weights(MODELS['voc-fcn16s'])
+    with pytest.raises(nets.UsageError, match='vgg16-fcn.caffemodel, which does not exist'):
+        start.init_weights(MODELS['voc-fcn32s'])
     # Late fusion starts from the snapshots the reference took (colour 28000, HHA 60000);
     # a missing one is named with the ways out.
     fusion = MODELS['nyud-fcn32s-color-hha']
@@ -145,39 +147,39 @@ def test_initial_weights_follow_the_model_table(tmp_path, monkeypatch):
     for name in ('nyud-fcn32s-color', 'nyud-fcn32s-hha'):
         (runs / name / 'snapshots').mkdir(parents=True)
         (runs / name / 'final.caffemodel').write_bytes(b'')
-    with pytest.raises(netfiles.UsageError, match=r'nyud-fcn32s-color_iter_28000.caffemodel, '
+    with pytest.raises(nets.UsageError, match=r'nyud-fcn32s-color_iter_28000.caffemodel, '
                        r'which does not exist: .*keep its snapshot of iteration 28000.*'
                        r'--init-from final'):
-        solve.init_weights(fusion)
+        start.init_weights(fusion)
     for name, iteration in (('nyud-fcn32s-color', 28000), ('nyud-fcn32s-hha', 60000)):
         (runs / name / 'snapshots' / f'{name}_iter_{iteration}.caffemodel').write_bytes(b'')
-    fused = solve.init_weights(fusion)
+    fused = start.init_weights(fusion)
     assert fused == ((runs / 'nyud-fcn32s-color/snapshots/nyud-fcn32s-color_iter_28000'
                       '.caffemodel', 'color'),
                      (runs / 'nyud-fcn32s-hha/snapshots/nyud-fcn32s-hha_iter_60000'
                       '.caffemodel', 'hha'))
-    assert [path for path, _ in solve.init_weights(fusion, init_from='final')] == \
+    assert [path for path, _ in start.init_weights(fusion, init_from='final')] == \
         [runs / 'nyud-fcn32s-color/final.caffemodel', runs / 'nyud-fcn32s-hha/final.caffemodel']
     # --init-from best: the best-scored iteration whose snapshot still exists
     for name, scores in (('nyud-fcn32s-color', {26000: 0.31, 28000: 0.30, 30000: 0.35}),
                          ('nyud-fcn32s-hha', {58000: 0.2, 60000: 0.25})):
         (runs / name / 'val_log.json').write_text(json.dumps(
             [{'iteration': i, 'label': {'mean_iu': m}} for i, m in scores.items()]))
-    assert [path.name for path, _ in solve.init_weights(fusion, init_from='best')] == \
+    assert [path.name for path, _ in start.init_weights(fusion, init_from='best')] == \
         ['nyud-fcn32s-color_iter_28000.caffemodel', 'nyud-fcn32s-hha_iter_60000.caffemodel']
     (runs / 'nyud-fcn32s-color/snapshots/nyud-fcn32s-color_iter_30000.caffemodel').write_bytes(b'')
-    assert solve.init_weights(fusion, init_from='best')[0][0].name == \
+    assert start.init_weights(fusion, init_from='best')[0][0].name == \
         'nyud-fcn32s-color_iter_30000.caffemodel'
-    assert solve.init_weights(MODELS['toy-vgg16']) == ()
-    assert solve.init_weights(MODELS['voc-fcn32s'], 'mine.caffemodel') == \
+    assert start.init_weights(MODELS['toy-vgg16']) == ()
+    assert start.init_weights(MODELS['voc-fcn32s'], 'mine.caffemodel') == \
         ((Path('mine.caffemodel'), ''),)
 
 
 def test_command_line_errors_are_clear():
-    with pytest.raises(netfiles.UsageError, match='--steps 0 is out of range'):
-        solve.main(['voc-fcn32s', '--steps', '0'])
-    with pytest.raises(netfiles.UsageError, match="unknown model 'voc-fcn64s'"):
-        solve.main(['voc-fcn64s'])
+    with pytest.raises(nets.UsageError, match='--steps 0 is out of range'):
+        solve_command.main(['voc-fcn32s', '--steps', '0'])
+    with pytest.raises(nets.UsageError, match="unknown model 'voc-fcn64s'"):
+        solve_command.main(['voc-fcn64s'])
 
 
 def test_divergence_stops_cleanly_instead_of_corrupting_the_heap(tmp_path):

@@ -7,8 +7,9 @@ import pytest
 import caffe
 from caffe import layers as L, params as P
 
-import surgery
-from netfiles import UsageError
+from fcn import surgery
+from solve import surgery as surgery_command
+from fcn.nets import UsageError
 
 caffe.set_mode_cpu()
 
@@ -94,7 +95,7 @@ def test_to_fcn_writes_only_the_transplanted_layers(tmp_path, capsys):
     old.save(str(tmp_path / 'classifier.caffemodel'))
     _, fcn_path = make_net(tmp_path, fcn(), 'fcn')
     out = tmp_path / 'weights' / 'base.caffemodel'  # a folder that does not exist yet
-    surgery.main(['to-fcn', '--classifier', str(classifier_path), '--weights',
+    surgery_command.main(['to-fcn', '--classifier', str(classifier_path), '--weights',
                   str(tmp_path / 'classifier.caffemodel'), '--fcn', str(fcn_path),
                   '--out', str(out)])
     printed = capsys.readouterr().out
@@ -113,7 +114,7 @@ def test_to_fcn_writes_only_the_transplanted_layers(tmp_path, capsys):
 
     _, bad_path = make_net(tmp_path, fcn(fc7_outputs=9), 'bad')
     with pytest.raises(UsageError, match='fc7 blob 0'):
-        surgery.main(['to-fcn', '--classifier', str(classifier_path), '--weights',
+        surgery_command.main(['to-fcn', '--classifier', str(classifier_path), '--weights',
                       str(tmp_path / 'classifier.caffemodel'), '--fcn', str(bad_path),
                       '--out', str(tmp_path / 'never.caffemodel')])
     assert not (tmp_path / 'never.caffemodel').exists()

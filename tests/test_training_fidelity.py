@@ -4,7 +4,7 @@ iteration 0.
 
 The expectations are written from the reference's published solver files and solve
 scripts (and the paper's recipe for FCN-GoogLeNet), never read from the generators.
-Initialisation runs the project's own path (solve.stage_for_model, trainer.Trainer.start)
+Initialisation runs the project's own path (start.stage_for_model, trainer.Trainer.start)
 on stand-in weights made here: random ILSVRC classifiers carried over by the project's
 surgery, random earlier stages. Every model is checked at 1/16 of its width on an input of
 its dataset's real size (the properties do not depend on width); one model per body is
@@ -27,11 +27,11 @@ from models import generate, parts
 from models.specs import BASE_NETS, MODELS
 from test_models_nets import with_input_layer
 
-import netfiles
-import solve
-import surgery
-import trainer
-from rehearsal import random_net_file
+from fcn import paths
+from fcn.training import start
+from fcn import surgery
+from fcn.training import trainer
+from checks.rehearsal import random_net_file
 
 caffe.set_mode_cpu()
 
@@ -115,7 +115,7 @@ def test_solver_files_are_the_references(name):
 @pytest.mark.parametrize('name', sorted(REFERENCE))
 def test_the_plan_is_what_the_reference_script_ran(name):
     *_, snapshot, run_length, test_every = REFERENCE[name]
-    planned = solve.plan(name)
+    planned = start.plan(name)
     assert planned['iterations'] == run_length
     assert planned['test_every'] == test_every
     # Snapshots at the solver's interval; where it names none (SIFT Flow), at each score.
@@ -123,11 +123,11 @@ def test_the_plan_is_what_the_reference_script_ran(name):
     expected = []
     for source, iteration in STARTS_FROM[name]:
         if source.startswith('weights/'):
-            path = netfiles.REPO / f'{source}.caffemodel'
+            path = paths.REPO / f'{source}.caffemodel'
         elif iteration is None:
-            path = netfiles.RUNS_DIR / source / 'final.caffemodel'
+            path = paths.RUNS_DIR / source / 'final.caffemodel'
         else:
-            path = netfiles.RUNS_DIR / source / 'snapshots' / f'{source}_iter_{iteration}.caffemodel'
+            path = paths.RUNS_DIR / source / 'snapshots' / f'{source}_iter_{iteration}.caffemodel'
         expected.append((str(path), iteration))
     assert [(entry['weights'], entry['iteration']) for entry in planned['init']] == expected
     assert planned['solver']['base_lr'] == pytest.approx(REFERENCE[name][0], rel=1e-6)
@@ -137,7 +137,7 @@ def test_the_plan_is_what_the_reference_script_ran(name):
 
 def test_the_plan_command_prints_json_without_data(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(Path(solve.__file__)), 'voc-fcn8s-atonce', '--plan',
+        [sys.executable, str(paths.REPO / 'solve' / 'solve.py'), 'voc-fcn8s-atonce', '--plan',
          '--data-dir', str(tmp_path / 'nothing-here')],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -231,14 +231,14 @@ def narrow_base(tmp_path_factory):
     return get
 
 
-def start(name, tmp_path, monkeypatch, base, width=NARROW, init_from='reference'):
+def started(name, tmp_path, monkeypatch, base, width=NARROW, init_from='reference'):
     """Model `name` at `width` after the project's initialisation, from stand-in files
     where the table says it starts: (spec, stage, solver, {source file: suffix})."""
     spec = narrow(MODELS[name], width)
     runs, weights_dir = tmp_path / 'runs', tmp_path / 'weights'
-    monkeypatch.setattr(netfiles, 'RUNS_DIR', runs)
-    monkeypatch.setattr(solve, 'WEIGHTS_DIR', weights_dir)
-    for source in solve.init_sources(MODELS[name], init_from):
+    monkeypatch.setattr(paths, 'RUNS_DIR', runs)
+    monkeypatch.setattr(paths, 'WEIGHTS_DIR', weights_dir)
+    for source in start.init_sources(MODELS[name], init_from):
         if source.weights.is_relative_to(weights_dir):
             source.weights.parent.mkdir(parents=True, exist_ok=True)
             source.weights.symlink_to(base(source.weights.stem))
@@ -248,7 +248,7 @@ def start(name, tmp_path, monkeypatch, base, width=NARROW, init_from='reference'
             random_net_file(tmp_path / 'nets' / model / 'deploy.prototxt', source.weights,
                             seed=len(model))
     solver_path = write_nets(tmp_path / 'nets' / name, spec)
-    stage = replace(solve.stage_for_model(name, run_dir=tmp_path / 'run', init_from=init_from),
+    stage = replace(start.stage_for_model(name, run_dir=tmp_path / 'run', init_from=init_from),
                     solver=solver_path)
     solver, original = trainer.build_solver(stage)
     trainer.Trainer(solver, stage, 0, original).start()
@@ -326,7 +326,7 @@ def check_initialisation(name, spec, stage, solver, size):
 
 @pytest.mark.parametrize('name', SEGMENTATION)
 def test_initialisation_is_the_references(name, tmp_path, monkeypatch, narrow_base):
-    spec, stage, solver = start(name, tmp_path, monkeypatch, narrow_base)
+    spec, stage, solver = started(name, tmp_path, monkeypatch, narrow_base)
     check_initialisation(name, spec, stage, solver, REAL_SIZE[spec.dataset])
 
 
@@ -336,7 +336,7 @@ def test_initialisation_at_full_width(name, tmp_path, monkeypatch):
     """One model per body with classifiers of the real shapes (VGG16 138 M, CaffeNet 61 M,
     GoogLeNet 7 M parameters), on a small input: the properties hold at full size."""
     base = tmp_path / 'base'
-    spec, stage, solver = start(name, tmp_path, monkeypatch,
+    spec, stage, solver = started(name, tmp_path, monkeypatch,
                                 lambda weights: base_weights(base, weights, 1), width=1)
     assert spec.width == 1
     check_initialisation(name, spec, stage, solver, (48, 64))
@@ -395,7 +395,7 @@ CHAINS = [('voc-fcn32s', 'voc-fcn16s'), ('voc-fcn16s', 'voc-fcn8s'),
 @pytest.mark.parametrize('coarse, fine', CHAINS)
 def test_a_finer_stage_starts_as_the_coarser_net(coarse, fine, tmp_path, monkeypatch,
                                                  narrow_base):
-    spec, stage, solver = start(fine, tmp_path, monkeypatch, narrow_base)
+    spec, stage, solver = started(fine, tmp_path, monkeypatch, narrow_base)
     size = REAL_SIZE[spec.dataset]
     net = val_net(solver)
     feed(net, spec, size, np.random.default_rng(11))
@@ -423,7 +423,7 @@ def test_a_finer_stage_starts_as_the_coarser_net(coarse, fine, tmp_path, monkeyp
 
 
 def test_late_fusion_starts_as_the_average_of_its_nets(tmp_path, monkeypatch, narrow_base):
-    spec, stage, solver = start('nyud-fcn32s-color-hha', tmp_path, monkeypatch, narrow_base)
+    spec, stage, solver = started('nyud-fcn32s-color-hha', tmp_path, monkeypatch, narrow_base)
     size = REAL_SIZE['nyud']
     net = val_net(solver)
     feed(net, spec, size, np.random.default_rng(11))
@@ -452,7 +452,7 @@ def test_late_fusion_starts_as_the_average_of_its_nets(tmp_path, monkeypatch, na
 def test_at_once_skips_start_scaled_as_published(tmp_path, monkeypatch, narrow_base):
     """pool4 x 0.01 and pool3 x 0.0001 (fixed), zero skip scores: the output at iteration 0
     is score_fr upsampled x2, x2, x8 and cropped at 31."""
-    spec, stage, solver = start('voc-fcn8s-atonce', tmp_path, monkeypatch, narrow_base)
+    spec, stage, solver = started('voc-fcn8s-atonce', tmp_path, monkeypatch, narrow_base)
     size = REAL_SIZE['voc']
     net = val_net(solver)
     feed(net, spec, size, np.random.default_rng(11))

@@ -14,15 +14,9 @@ from pathlib import Path
 
 # Caffe's environment (quiet glog) is read when Caffe is first imported; every tool
 # imports this module first, and this module sets it.
-import caffe_env  # noqa: F401
+from fcn.runtime import caffe_env  # noqa: F401
 
-REPO = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO / 'models'
-# Training runs, and the base weights (surgery's output) training starts from: the
-# Makefile points both elsewhere for a short run (STEPS=N), so a full run never meets it.
-# Relative paths are taken from the repository.
-RUNS_DIR = REPO / os.environ.get('FCN_RUNS_DIR', 'runs')
-WEIGHTS_DIR = REPO / os.environ.get('FCN_WEIGHTS_DIR', 'weights')
+from fcn import paths
 
 
 class UsageError(SystemExit):
@@ -50,7 +44,7 @@ def model_spec(name):
 
 def model_file(name, kind, models_dir=None):
     """`models/<name>/<kind>.prototxt`, which must exist."""
-    path = Path(models_dir or MODELS_DIR) / name / f'{kind}.prototxt'
+    path = Path(models_dir or paths.MODELS_DIR) / name / f'{kind}.prototxt'
     if not path.is_file():
         raise UsageError(f'{path} does not exist; generate the model files first '
                          f'(`make models`)')
@@ -159,7 +153,7 @@ def weights_file(model, weights):
     weights of `model` (models/weights.py), fetched and verified if not yet on disk."""
     if weights != RELEASED:
         return Path(weights)
-    from models import weights as published
+    from data import weights as published
     if model not in published.RELEASED:
         raise UsageError(f'{model} has no released weights; the reference released: '
                          f'{", ".join(published.RELEASED)}')

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run the pipeline on a SLURM cluster: what `make MODEL` would make becomes SLURM jobs.
 
-  cluster.py submit MODEL... [--all] [options] [VARIABLE=VALUE...]
-  cluster.py status [RUNS]
+  python3 -m pipeline.slurm submit MODEL... [--all] [options] [VARIABLE=VALUE...]
+  python3 -m pipeline.slurm status [RUNS]
 
 `submit` asks make which files it would make for the models (`make -n -p`, with the
 make variables given, e.g. STEPS=20 VAL_IMAGES=5), so the chain is the Makefile's and
@@ -15,7 +15,7 @@ earlier job is still queued or running is not submitted twice, later jobs wait f
 Whatever else make would make first (the virtualenv, a dataset, a missing classifier's
 download instructions) is made here, before anything is submitted.
 
-Each job runs solve/slurm-job.sh: SIGTERM (sbatch --signal=B:TERM@STOP_BEFORE ahead of
+Each job runs pipeline/slurm-job.sh: SIGTERM (sbatch --signal=B:TERM@STOP_BEFORE ahead of
 the time limit, a preemption, `scancel --batch --signal=TERM JOB`) reaches solve.py,
 which snapshots and exits; the job then requeues itself and, run again, resumes from the
 snapshot (`solve.py --resume auto`). Logs go to RUNS/MODEL/slurm/, and each submission
@@ -34,11 +34,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pipeline
+from pipeline import make_rules
 from models.specs import MODELS
 
-REPO = Path(__file__).resolve().parent.parent
-JOB_SCRIPT = 'solve/slurm-job.sh'
+from fcn.paths import REPO
+JOB_SCRIPT = 'pipeline/slurm-job.sh'
 # make's own bookkeeping, which would tell a make run by this one to act as its child.
 MAKE_ENVIRONMENT = ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL', 'MAKEOVERRIDES')
 # A job in one of these states will still run: its target is not submitted again.
@@ -142,7 +142,7 @@ def product_kind(name, db):
     """The job kind of a file a pipeline tool makes, or None for anything else."""
     path = Path(name)
     if path.parent == Path(db.variables['BASE_WEIGHTS']) and path.suffix == '.caffemodel' \
-            and path.stem in pipeline.surgery_outputs():
+            and path.stem in make_rules.surgery_outputs():
         return 'surgery'
     folder = model_folder(name, db)
     if folder is None:
@@ -458,7 +458,7 @@ def models_with_data(launcher, variables):
     """The models whose dataset is prepared: their data stamp exists where make (through
     the launcher, e.g. in the container) sees the data root."""
     root = read_plan(['help'], variables, launcher).variables['DATA_ROOT']
-    stamps = {name: pipeline.data_stamp(spec).replace('$(DATA_ROOT)', root)
+    stamps = {name: make_rules.data_stamp(spec).replace('$(DATA_ROOT)', root)
               for name, spec in MODELS.items()}
     check = [*launcher, 'sh', '-c', 'for f; do [ -e "$f" ] && echo "$f"; done', 'sh',
              *sorted(set(stamps.values()))]

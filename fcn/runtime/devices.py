@@ -11,8 +11,8 @@ import os
 import re
 from pathlib import Path
 
-import cores
-from netfiles import UsageError
+from fcn.runtime import threads
+from fcn.nets import UsageError
 
 
 def add_device_args(parser, multi_gpu=False):
@@ -135,12 +135,12 @@ def check_shared_memory(gpus, shm='/dev/shm', minimum=SHARED_MEMORY_MINIMUM):
 
 def select_device(args):
     """Put Caffe in the mode the flags ask for; the checks run first. On a GPU, Caffe's
-    CPU threads do not compute: their count is not fitted (cores.py), in this process or
+    CPU threads do not compute: their count is not fitted (fcn/runtime/threads.py), in this process or
     the ones it starts."""
     import caffe
     gpus = getattr(args, 'gpus', None)
     if gpus or args.gpu is not None:
-        os.environ[cores.SWITCH] = '0'
+        os.environ[threads.SWITCH] = '0'
     if gpus:
         check_gpus(gpus, need_nccl=True)
         check_shared_memory(gpus)

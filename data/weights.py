@@ -15,11 +15,10 @@ for `solve/report.py`'s reproduction table.
 Nothing here imports Caffe: the Makefile's rule generator reads it with the system Python.
 """
 from dataclasses import dataclass
-from pathlib import Path
 
 from data.sources import Source
 
-REPO = Path(__file__).resolve().parent.parent
+from fcn.paths import REPO
 # The classifiers go to weights/, the released FCNs to weights/released/.
 WEIGHTS_DIR = REPO / 'weights'
 RELEASED_FOLDER = 'released'

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One target of the pipeline as a SLURM job, submitted by solve/cluster.py:
+# One target of the pipeline as a SLURM job, submitted by pipeline/slurm.py:
 #
-#   sbatch [...] solve/slurm-job.sh [--exec COMMAND] TARGET... -- [VARIABLE=VALUE...]
+#   sbatch [...] pipeline/slurm-job.sh [--exec COMMAND] TARGET... -- [VARIABLE=VALUE...]
 #
 # The job runs `make TARGET VARIABLE=VALUE...` in the project folder, the same make as on
 # one machine: it runs the same command, leaves a finished target alone and resumes a

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-SOLVE_DIR = Path(__file__).resolve().parent
 NUM_CLASSES = 3
 # What glibc, the kernel and Python print when a process dies of heap corruption.
 CRASH_SIGNS = ('double free', 'corruption', 'free(): invalid', 'malloc(): ', 'Segmentation fault',
@@ -116,13 +115,13 @@ def tiny_fcn(python_param=None):
 
 def synthetic_param(split, images=6, size=16):
     params = dict(images=images, size=size, randomize=split == 'train', seed=1337)
-    return dict(module='stress', layer='SyntheticSegLayer', param_str=json.dumps(params))
+    return dict(module='checks.stress', layer='SyntheticSegLayer', param_str=json.dumps(params))
 
 
 def write_voc_set(folder, images=6, size=16):
     """A VOC-layout set of the synthetic examples (JPEG images, palette PNG labels)."""
     from PIL import Image
-    import viz
+    from fcn import pictures
     folder = Path(folder)
     (folder / 'JPEGImages').mkdir(parents=True, exist_ok=True)
     (folder / 'ImageSets' / 'Segmentation').mkdir(parents=True, exist_ok=True)
@@ -130,7 +129,7 @@ def write_voc_set(folder, images=6, size=16):
         image, label = synthetic_example(index, size)
         rgb = ((image.transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
         Image.fromarray(rgb).save(folder / 'JPEGImages' / f'{index}.jpg', quality=95)
-        viz.save_label_png(folder / 'SegmentationClass' / f'{index}.png', label[0])
+        pictures.save_label_png(folder / 'SegmentationClass' / f'{index}.png', label[0])
     for split in ('train', 'val'):
         (folder / 'ImageSets' / 'Segmentation' / f'{split}.txt').write_text(
             ''.join(f'{i}\n' for i in range(images)))
@@ -185,8 +184,7 @@ RUNS = {
 def child(run_dir, run, iterations):
     """One long run in this process, ended by a plain interpreter exit."""
     import caffe
-    import solve
-    import trainer
+    from fcn.training import start, trainer
     caffe.set_mode_cpu()
     data, prefetch, base_lr, _ = RUNS[run]
     run_dir = Path(run_dir).resolve()  # the layer reads relative data folders elsewhere
@@ -198,13 +196,13 @@ def child(run_dir, run, iterations):
     solver = write_model(run_dir / 'model', params, max_iter=iterations,
                          snapshot=max(iterations // 4, 1), base_lr=base_lr)
     stage = trainer.Stage(name='stress', solver=solver, run_dir=run_dir / 'run', heads=heads())
-    return solve.run(stage)
+    return start.run(stage)
 
 
 def run_one(run_dir, run, iterations):
     """Run `child` in a fresh interpreter: (exit code, seconds, what ended it, the lines
     that tell of a crash)."""
-    command = [sys.executable, str(Path(__file__).resolve()), '--child', str(run_dir),
+    command = [sys.executable, '-m', 'checks.stress', '--child', str(run_dir),
                '--runs', run, '--iterations', str(iterations)]
     env = dict(os.environ, GLOG_minloglevel=os.environ.get('GLOG_minloglevel', '2'))
     start = time.monotonic()

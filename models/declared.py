@@ -133,7 +133,7 @@ def _checked(entries, keys, where, defaults=None):
 
 def from_dict(name, declaration, path):
     """The LocalModel of a declaration (as read from `path`), checked key by key."""
-    from models.specs import Head, ModelSpec, data_layer
+    from models.records import Head, ModelSpec, data_layer
     d = _checked(declaration, TOP_KEYS, str(path))
     layer = data_layer('layers.folder.FolderSegDataLayer', data_dir=d['data'],
                        layout=d['layout'], classes=len(d['classes']), mean=tuple(d['mean']))

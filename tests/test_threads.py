@@ -1,27 +1,26 @@
-"""Caffe's thread count fitted to the cores other programs leave free (solve/cores.py)."""
+"""Caffe's thread count fitted to the cores other programs leave free (fcn/runtime/threads.py)."""
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-import cores
-import trainer
+from fcn.runtime import threads
+from fcn.training import trainer
 from bench import contention
 
-CLOCK_TICKS = cores.CLOCK_TICKS
+CLOCK_TICKS = threads.CLOCK_TICKS
 
 
-@pytest.mark.parametrize('others, most, threads', [
+@pytest.mark.parametrize('others, most, count', [
     (0.0, 2, 2), (0.45, 2, 2), (0.55, 2, 1), (1.0, 2, 1), (3.0, 2, 1),
     (0.0, 1, 1), (2.0, 1, 1), (3.4, 8, 5), (3.6, 8, 4), (0.2, 8, 8)])
-def test_threads_are_the_cores_the_others_leave_at_least_one(others, most, threads):
-    assert cores.threads_for(others, most) == threads
+def test_threads_are_the_cores_the_others_leave_at_least_one(others, most, count):
+    assert threads.threads_for(others, most) == count
 
 
 def test_busy_ticks_count_running_time_of_the_given_cpus_only(tmp_path):
@@ -34,11 +33,11 @@ def test_busy_ticks_count_running_time_of_the_given_cpus_only(tmp_path):
         'cpu10 7 0 0 0 0 0 0 0 0 0\n'
         'intr 123456 1 2 3\n'
         'ctxt 99999\n')
-    assert cores.busy_ticks({0}, stat) == 100 + 10 + 200 + 1 + 2
-    assert cores.busy_ticks({1, 10}, stat) == 1000 + 20 + 30 + 3 + 4 + 7
-    assert cores.busy_ticks({2}, stat) == 0
+    assert threads.busy_ticks({0}, stat) == 100 + 10 + 200 + 1 + 2
+    assert threads.busy_ticks({1, 10}, stat) == 1000 + 20 + 30 + 3 + 4 + 7
+    assert threads.busy_ticks({2}, stat) == 0
     # The real file: this process's own CPU time shows up in it.
-    assert cores.busy_ticks(set(range(4096))) > 0
+    assert threads.busy_ticks(set(range(4096))) > 0
 
 
 class FakeMachine:
@@ -55,7 +54,7 @@ class FakeMachine:
 
 def fake_share(machine, most=2):
     calls = []
-    share = cores.CoreShare(set_threads=calls.append, most=most, clock=lambda: machine.now,
+    share = threads.CoreShare(set_threads=calls.append, most=most, clock=lambda: machine.now,
                             busy=lambda: machine.busy_ticks, own=lambda: machine.own_seconds)
     return share, calls
 
@@ -104,26 +103,26 @@ def test_one_thread_alone_is_never_changed():
 
 def test_default_threads_follow_omp_num_threads_else_the_usable_cores(monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
-    assert cores.default_threads() == 3
+    assert threads.default_threads() == 3
     monkeypatch.setenv('OMP_NUM_THREADS', '5,2')  # nested levels: the outer count
-    assert cores.default_threads() == 5
+    assert threads.default_threads() == 5
     monkeypatch.delenv('OMP_NUM_THREADS')
-    assert cores.default_threads() == len(os.sched_getaffinity(0))
+    assert threads.default_threads() == len(os.sched_getaffinity(0))
 
 
 def test_fitting_is_off_under_the_switch(monkeypatch):
-    monkeypatch.setattr(cores, '_share', None)
-    monkeypatch.setenv(cores.SWITCH, '0')
-    assert cores.share() is None and cores.adapt() is None
-    cores.restart()  # nothing to restart: no error
-    monkeypatch.setenv(cores.SWITCH, '1')
-    assert cores.share() is cores.share() is not None
+    monkeypatch.setattr(threads, '_share', None)
+    monkeypatch.setenv(threads.SWITCH, '0')
+    assert threads.share() is None and threads.adapt() is None
+    threads.restart()  # nothing to restart: no error
+    monkeypatch.setenv(threads.SWITCH, '1')
+    assert threads.share() is threads.share() is not None
 
 
 def test_a_real_busy_process_is_measured_as_one_core():
     """The measurement against a process that is known to use one core's worth of time."""
     calls = []
-    share = cores.CoreShare(set_threads=calls.append, most=2)
+    share = threads.CoreShare(set_threads=calls.append, most=2)
     with contention.busy_process():
         share.adapt()
         deadline = time.monotonic() + 1.5
@@ -138,10 +137,10 @@ def test_a_real_busy_process_is_measured_as_one_core():
 THREAD_PROBE = textwrap.dedent('''
     import ctypes, json, os, sys
     import numpy as np
-    sys.path.insert(0, sys.argv[1])
-    import caffe_env, caffe, cores
+    from fcn.runtime import caffe_env, threads
+    import caffe
     caffe.set_mode_cpu()
-    net_file = sys.argv[2]
+    net_file = sys.argv[1]
     net = caffe.Net(net_file, caffe.TEST)
     rng = np.random.RandomState(0)
     for blobs in net.params.values():
@@ -153,10 +152,10 @@ THREAD_PROBE = textwrap.dedent('''
     # MKL answers under Caffe's name where the tools chose it (caffe_env.py).
     blas_threads = getattr(blas, 'openblas_get_num_threads', None) or blas.MKL_Get_Max_Threads
     seen = {}
-    for threads in (2, 1, 2):
-        cores.ThreadSetter()(threads)
+    for count in (2, 1, 2):
+        threads.ThreadSetter()(count)
         out = net.forward()['out'].copy()
-        seen[threads] = [gomp.omp_get_max_threads(), blas_threads(), out]
+        seen[count] = [gomp.omp_get_max_threads(), blas_threads(), out]
     difference = float(np.abs(seen[1][2] - seen[2][2]).max() / np.abs(seen[2][2]).max())
     print(json.dumps({'two': seen[2][:2], 'one': seen[1][:2], 'difference': difference}))
 ''')
@@ -173,7 +172,7 @@ def test_the_thread_setter_reaches_openmp_and_the_blas_and_the_outputs_agree(tmp
         'layer { name: "out" type: "Convolution" bottom: "conv" top: "out" '
         'convolution_param { num_output: 16 kernel_size: 3 } }\n')
     done = subprocess.run(
-        [sys.executable, '-c', THREAD_PROBE, str(Path(cores.__file__).parent), str(net_file)],
+        [sys.executable, '-c', THREAD_PROBE, str(net_file)],
         capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '2'})
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.splitlines()[-1])
@@ -184,7 +183,7 @@ def test_the_thread_setter_reaches_openmp_and_the_blas_and_the_outputs_agree(tmp
 def test_the_trainer_says_when_the_thread_count_changes(monkeypatch):
     machine = FakeMachine()
     share, calls = fake_share(machine)
-    monkeypatch.setattr(cores, '_share', share)
+    monkeypatch.setattr(threads, '_share', share)
     said = []
     owner = SimpleNamespace(say=said.append)
     trainer.Trainer.fit_threads(owner)
@@ -197,14 +196,14 @@ def test_the_trainer_says_when_the_thread_count_changes(monkeypatch):
 
 
 def test_the_thread_count_is_not_fitted_on_a_gpu(monkeypatch):
-    import devices
+    from fcn.runtime import devices
     modes = []
     fake_caffe = SimpleNamespace(set_device=modes.append, set_mode_gpu=lambda: modes.append('gpu'),
                                  set_mode_cpu=lambda: modes.append('cpu'))
     monkeypatch.setitem(sys.modules, 'caffe', fake_caffe)
     monkeypatch.setattr(devices, 'check_gpus', lambda gpus, need_nccl=False: None)
-    monkeypatch.delenv(cores.SWITCH, raising=False)
+    monkeypatch.delenv(threads.SWITCH, raising=False)
     devices.select_device(SimpleNamespace(gpu=None))
-    assert modes == ['cpu'] and cores.SWITCH not in os.environ
+    assert modes == ['cpu'] and threads.SWITCH not in os.environ
     devices.select_device(SimpleNamespace(gpu=0))
-    assert modes == ['cpu', 0, 'gpu'] and os.environ[cores.SWITCH] == '0'
+    assert modes == ['cpu', 0, 'gpu'] and os.environ[threads.SWITCH] == '0'

@@ -6,7 +6,7 @@ import multiprocessing
 import multiprocessing.connection
 import sys
 
-from trainer import StopRequest, Trainer, build_solver
+from fcn.training.trainer import StopRequest, Trainer, build_solver
 
 
 def configure_rank(caffe, gpu, rank, count):

@@ -1,6 +1,6 @@
 """Made-up datasets in the real layouts and archives, and a local HTTP server for them.
 
-The tests build tiny ones (a few pixels an image); the rehearsal (solve/rehearsal.py)
+The tests build tiny ones (a few pixels an image); the rehearsal (checks/rehearsal.py)
 builds them at the real image sizes and serves them to `make data-<dataset>` as a mirror.
 Every builder returns the truth it wrote: id -> arrays as a reader decodes them, so that
 tests compute the expected layer outputs independently.

@@ -1,34 +1,14 @@
-#!/usr/bin/env python3
-"""The report of `make demo`: the whole FCN method on the embedded toy set, in pictures.
-
-`make demo` trains with the project's own pipeline rules, nothing else: the toy VGG16
-classifier (toy-vgg16) from scratch on the classification view, surgery into FCN base
-weights (weights/toy-vgg16-fcn.caffemodel), then toy-fcn32s -> toy-fcn16s -> toy-fcn8s,
-each from the previous stage's final weights, each scored on the val split by score.py
-(runs/<model>/score.json). This script gathers what they left into runs/demo/:
-
-  scores.json     {"fcn32s": {metrics}, "fcn16s": ..., "fcn8s": ...}, the score.py metrics
-                  (pixel_acc, mean_acc, mean_iu, fwavacc, per_class_iu, n_images)
-  summary.md      a table of the metrics and the training time of every stage
-  training.png    training loss of every stage on one iteration axis, and val scores
-  predictions.png val images, ground truth and the three nets' predictions side by side
-
-  demo.py [--runs-dir runs] [--out runs/demo] [--images 8] [--data-dir D] [--cpu|--gpu N]
-"""
-import argparse
+"""The demo's report: the toy stages' scores, training curves and a sheet of val
+predictions, gathered from their run folders (solve/demo_report.py writes them)."""
 import csv
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-import infer
-import netfiles
-import viz
-from netfiles import UsageError
+from fcn import inference, nets, pictures
+from fcn.nets import UsageError
 
 CLASSIFIER = 'toy-vgg16'
 # The keys of scores.json and the models they come from, coarse to fine.
@@ -114,7 +94,7 @@ def plot_training(runs_dir, path):
         if ax.lines:
             ax.legend()
     fig.tight_layout()
-    viz.atomic_save(path, lambda tmp: fig.savefig(tmp, format='png'))
+    pictures.atomic_save(path, lambda tmp: fig.savefig(tmp, format='png'))
     plt.close(fig)
 
 
@@ -131,22 +111,22 @@ def labelled_tile(rgb, title):
 def prediction_sheet(runs_dir, toy_dir, path, count):
     """Rows of val images: image, ground truth, FCN-32s, FCN-16s, FCN-8s (VOC palette)."""
     ids = (Path(toy_dir) / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()[:count]
-    nets = []
+    fcns = []
     for key, model in STAGES:
-        spec = netfiles.model_spec(model)
-        net = netfiles.load_net(netfiles.model_file(model, 'deploy'),
+        spec = nets.model_spec(model)
+        net = nets.load_net(nets.model_file(model, 'deploy'),
                                 Path(runs_dir) / model / 'final.caffemodel')
-        nets.append((key, spec, net, infer.single_input(net, model), infer.input_mean(spec)))
+        fcns.append((key, spec, net, inference.single_input(net, model), inference.input_mean(spec)))
     rows = []
     for image_id in ids:
-        rgb = infer.read_rgb(Path(toy_dir) / 'JPEGImages' / f'{image_id}.jpg')
-        truth = viz.read_label_png(Path(toy_dir) / 'SegmentationClass' / f'{image_id}.png')
-        tiles = [labelled_tile(rgb, image_id), labelled_tile(viz.PALETTE[truth], 'ground truth')]
-        for key, spec, net, input_name, mean in nets:
-            scores, = infer.segment(net, input_name, rgb, mean, spec.heads).values()
-            tiles.append(labelled_tile(viz.PALETTE[scores.argmax(0)], key))
+        rgb = inference.read_rgb(Path(toy_dir) / 'JPEGImages' / f'{image_id}.jpg')
+        truth = pictures.read_label_png(Path(toy_dir) / 'SegmentationClass' / f'{image_id}.png')
+        tiles = [labelled_tile(rgb, image_id), labelled_tile(pictures.PALETTE[truth], 'ground truth')]
+        for key, spec, net, input_name, mean in fcns:
+            scores, = inference.segment(net, input_name, rgb, mean, spec.heads).values()
+            tiles.append(labelled_tile(pictures.PALETTE[scores.argmax(0)], key))
         rows.append(np.concatenate(tiles, axis=1))
-    viz.save_rgb_png(path, np.concatenate(rows, axis=0))
+    pictures.save_rgb_png(path, np.concatenate(rows, axis=0))
 
 
 def summary_table(scores, runs_dir):
@@ -166,37 +146,3 @@ def summary_table(scores, runs_dir):
             f'{100 * metrics[m]:.1f}' for m in ('pixel_acc', 'mean_acc', 'mean_iu', 'fwavacc'))
             + f' | {seconds} |')
     return '\n'.join(lines) + '\n'
-
-
-def main(argv=None):
-    import devices
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--runs-dir', type=Path, default=netfiles.RUNS_DIR,
-                        help='where the toy stages were trained (default: runs/)')
-    parser.add_argument('--out', type=Path, help='report folder (default: RUNS_DIR/demo)')
-    parser.add_argument('--images', type=int, default=8,
-                        help='val images on the prediction sheet (default 8)')
-    parser.add_argument('--data-dir', help='data root (default: $FCN_DATA_DIR or data/)')
-    devices.add_device_args(parser)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('GLOG_minloglevel', '2')
-    if args.images < 1:
-        raise UsageError(f'--images {args.images}: give at least 1')
-    netfiles.set_data_dir(args.data_dir)
-    from data import data_root
-    out = args.out or args.runs_dir / 'demo'
-    scores = collect_scores(args.runs_dir)
-    devices.select_device(args)
-    plot_training(args.runs_dir, out / 'training.png')
-    prediction_sheet(args.runs_dir, data_root() / 'toy', out / 'predictions.png', args.images)
-    table = summary_table(scores, args.runs_dir)
-    viz.atomic_save(out / 'summary.md', lambda tmp: Path(tmp).write_text(table))
-    viz.atomic_save(out / 'scores.json',
-                    lambda tmp: Path(tmp).write_text(json.dumps(scores, indent=1) + '\n'))
-    print(table, end='')
-    print(f'wrote {out}/scores.json, summary.md, training.png, predictions.png')
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -42,15 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from data import fixtures  # noqa: E402
-from data.fetch import digests  # noqa: E402
-from data.prepare import DATASETS  # noqa: E402
-from models.specs import MODELS  # noqa: E402
-from models.weights import CLASSIFIERS  # noqa: E402
+from checks import fixtures
+from data.fetch import digests
+from data.prepare import DATASETS
+from data.weights import CLASSIFIERS
+from fcn.paths import REPO
+from models.specs import MODELS
 
 # The 16 FCNs of the table: every model on a real dataset.
 REHEARSED = [name for name, spec in MODELS.items() if spec.dataset in DATASETS]
@@ -109,9 +106,8 @@ def random_net_file(deploy, out, seed):
     """Random weights for a net's deploy definition, its upsampling bilinear as training
     leaves it (fixed), saved as Caffe saves a net."""
     import caffe
-    import netfiles
-    import surgery
-    with netfiles.temporary_prototxt(surgery.single_image_net(deploy)) as path:
+    from fcn import nets, surgery
+    with nets.temporary_prototxt(surgery.single_image_net(deploy)) as path:
         net = caffe.Net(path, caffe.TEST)
     random_weights(net, np.random.default_rng(seed))
     surgery.interp(net)

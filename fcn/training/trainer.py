@@ -18,13 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-import caffemodel
-import cores
-import netfiles
-import score
-import surgery
-import viz
-from netfiles import UsageError
+from fcn import caffemodel, evaluation, nets, pictures, surgery
+from fcn.runtime import threads
+from fcn.nets import UsageError
 
 SNAPSHOT_DIR = 'snapshots'
 SCRATCH_DIR = '.snapshot-scratch'
@@ -56,7 +52,7 @@ def prepare_solver(stage):
     """The solver definition Caffe is given: absolute net paths, snapshots into the
     scratch folder, and Caffe's own periodic snapshots off (they would not be atomic).
     Returns (path of the written solver.prototxt, the original SolverParameter)."""
-    original = netfiles.read_solver(stage.solver)
+    original = nets.read_solver(stage.solver)
     param = type(original)()
     param.CopyFrom(original)
     base = Path(stage.solver).resolve().parent
@@ -73,7 +69,7 @@ def prepare_solver(stage):
     param.snapshot_prefix = str(Path(stage.run_dir).resolve() / SCRATCH_DIR / stage.name)
     (Path(stage.run_dir) / SCRATCH_DIR).mkdir(parents=True, exist_ok=True)
     path = Path(stage.run_dir) / 'solver.prototxt'
-    netfiles.write_text_proto(path, param)
+    nets.write_text_proto(path, param)
     return path, original
 
 
@@ -203,7 +199,7 @@ class TrainingLog:
                 writer = csv.DictWriter(f, self.columns, extrasaction='ignore', restval='')
                 writer.writeheader()
                 writer.writerows(self.rows)
-        viz.atomic_save(self.csv_path, write)
+        pictures.atomic_save(self.csv_path, write)
         self.file = open(self.csv_path, 'a', newline='')
         self.writer = csv.DictWriter(self.file, self.columns)
 
@@ -229,7 +225,7 @@ class TrainingLog:
 
     def validation(self, iteration, results):
         self.validations.append({'iteration': iteration, **results})
-        viz.atomic_save(self.val_path, lambda tmp: Path(tmp).write_text(
+        pictures.atomic_save(self.val_path, lambda tmp: Path(tmp).write_text(
             json.dumps(self.validations, indent=1)))
         self.plot()
 
@@ -242,14 +238,14 @@ class TrainingLog:
             if window > 1:
                 smooth = np.convolve(y, np.ones(window) / window, mode='valid')
                 series[f'mean of {window}'] = (x[window - 1:], smooth)
-            viz.save_curve_png(self.run_dir / 'loss.png', series, 'training loss',
+            pictures.save_curve_png(self.run_dir / 'loss.png', series, 'training loss',
                                f'{self.title}: training loss')
         if self.validations:
             labels = [key for key in self.validations[0] if key != 'iteration']
             series = {label: ([r['iteration'] for r in self.validations],
                               [np.nan if r[label]['mean_iu'] is None else r[label]['mean_iu']
                                for r in self.validations]) for label in labels}
-            viz.save_curve_png(self.run_dir / 'mean_iu.png', series, 'val mean IU',
+            pictures.save_curve_png(self.run_dir / 'mean_iu.png', series, 'val mean IU',
                                f'{self.title}: validation')
 
     def close(self):
@@ -401,15 +397,15 @@ class Trainer:
                 self.validate()
             weights = self.snapshot()
             final = self.run_dir / FINAL_WEIGHTS
-            viz.atomic_save(final, lambda tmp: _link_or_copy(weights, tmp))
+            pictures.atomic_save(final, lambda tmp: _link_or_copy(weights, tmp))
             self.say(f'final weights: {final}')
             self.finish_logs()
         return True
 
     def fit_threads(self):
-        """Caffe's thread count, fitted to the cores other programs leave (cores.py); said
+        """Caffe's thread count, fitted to the cores other programs leave (fcn/runtime/threads.py); said
         when it changes, since it changes the speed."""
-        share = cores.share()
+        share = threads.share()
         if share is None:
             return
         before = share.threads
@@ -436,12 +432,12 @@ class Trainer:
         """Score the val net (the solver's test net, sharing the training weights)."""
         test_net = self.solver.test_nets[0]
         test_net.share_with(self.solver.net)
-        ids = netfiles.split_ids(test_net)
-        hists = score.score_net(test_net, self.stage.heads, ids, limit=self.stage.val_images,
+        ids = nets.split_ids(test_net)
+        hists = evaluation.score_net(test_net, self.stage.heads, ids, limit=self.stage.val_images,
                                 label=f'[{self.stage.name}] validation')
         names = {h.label: self.stage.class_names.get(h.label) for h in self.stage.heads}
         ignore = {h.label: h.ignore_absent for h in self.stage.heads}
-        results = score.results(hists, names, ignore)
+        results = evaluation.results(hists, names, ignore)
         self.log.validation(self.solver.iter, results)
         self.last_validation = self.solver.iter
         summary = '  '.join(f'{label} mean IU {m["mean_iu"]:.4f} pixel acc {m["pixel_acc"]:.4f}'

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Segment images with a trained FCN: for every image a label PNG (the dataset's palette,
+class ids as pixel values) and an overlay on the image with a legend of the classes
+present, at the image's own size.
+
+  infer.py MODEL --weights W|released IMAGE|FOLDER... [--out DIR] [--probabilities]
+           [--max-side PIXELS] [--cpu | --gpu N]
+
+`--weights released` takes the reference release's weights of MODEL (fetched and verified
+if not yet in weights/released/). A FOLDER stands for the images in it (not its
+subfolders). Any image PIL reads: grey, palette, RGBA (transparency shown over white),
+CMYK, 16-bit; EXIF orientation is applied, so the labels line up with the picture as
+viewers show it. The model's deploy net takes one 3-channel input of any size: an RGB
+photo for most models, an HHA image for nyud-fcn32s-hha. Its mean is the one the model
+was trained with.
+
+Writes DIR/<image name>.png and DIR/<image name>_overlay.png, with --probabilities also
+DIR/<image name>_prob.npz (float32 softmax probabilities `prob`, classes x height x width,
+and the class names `classes`). With several heads (SIFT Flow) one set per head, suffixed
+by the head's label. Default DIR: runs/MODEL/infer (runs/released/MODEL/infer for the
+released weights).
+
+The net runs at the image's size, as the reference's did; VGG16 FCNs need several GB for a
+photo of a few megapixels. --max-side shrinks larger images for the net so that their
+longer side has that many pixels; the scores are then interpolated back to the image's
+size (bilinear) before the labels are taken.
+"""
+import importlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fcn.runtime import threads
+from fcn import pictures
+from fcn.nets import UsageError
+from fcn.evaluation import Progress
+
+IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
+                  '.pgm', '.pnm'}
+
+
+def input_mean(spec):
+    """The BGR mean the model's data layer subtracts (from the table, else the layer's)."""
+    params = dict(spec.val_data.params) if spec.val_data else {}
+    if 'mean' in params:
+        return np.array(params['mean'], np.float32)
+    module = importlib.import_module(spec.val_data.layer.rsplit('.', 1)[0])
+    name = 'MEAN_HHA' if tuple(spec.modalities) == ('hha',) else 'MEAN_BGR'
+    return np.asarray(getattr(module, name), np.float32)
+
+
+def single_input(net, model):
+    """The deploy net's one 3-channel input, or an error naming what it takes instead."""
+    shapes = {name: net.blobs[name].data.shape for name in net.inputs}
+    if len(shapes) != 1 or next(iter(shapes.values()))[1] != 3:
+        described = ', '.join(f'{n} ({s[1]} channels)' for n, s in shapes.items())
+        raise UsageError(f'{model} takes {described}; infer.py feeds one 3-channel image '
+                         f'per input and cannot run it')
+    return next(iter(shapes))
+
+
+def eight_bit(image):
+    """A 16-bit or 32-bit integer grey image (modes I;16*, I) or a float one (F) as 8-bit
+    grey: integers above 255 are taken as 16-bit (0..65535), floats up to 1 as 0..1."""
+    values = np.asarray(image, np.float64)
+    if image.mode == 'F':
+        scale = 255.0 if values.max(initial=0) <= 1 else 1.0
+    else:
+        scale = 255 / 65535 if image.mode.startswith('I;16') or values.max(initial=0) > 255 \
+            else 1.0
+    return Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), 'L')
+
+
+def read_rgb(path):
+    """HxWx3 uint8 RGB of an image file as a viewer shows it."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode.startswith('I') or image.mode == 'F':
+                image = eight_bit(image)
+            if image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info:
+                rgba = image.convert('RGBA')
+                image = Image.new('RGBA', rgba.size, 'white')
+                image.alpha_composite(rgba)
+            return np.array(image.convert('RGB'))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise UsageError(f'cannot read image {path}: {e}') from e
+
+
+def image_paths(arguments):
+    """The image files named, a folder standing for the images in it, sorted; an error for
+    a missing path, an empty folder, or two images of one name (their outputs would
+    collide)."""
+    paths = []
+    for argument in map(Path, arguments):
+        if argument.is_dir():
+            found = sorted(p for p in argument.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f'{argument} holds no images '
+                                 f'({", ".join(sorted(IMAGE_SUFFIXES))})')
+            paths += found
+        elif argument.is_file():
+            paths.append(argument)
+        else:
+            raise UsageError(f'no such image or folder: {argument}')
+    stems = {}
+    for path in paths:
+        if path.stem in stems:
+            raise UsageError(f'{stems[path.stem]} and {path} would write the same outputs; '
+                             f'segment them into separate --out folders')
+        stems[path.stem] = path
+    return paths
+
+
+def fitted(rgb, max_side):
+    """The image shrunk so that its longer side is at most max_side (None: as it is)."""
+    height, width = rgb.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return rgb
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.array(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+
+
+def resized_scores(scores, shape):
+    """Class scores (K x h x w) interpolated bilinearly to shape (H, W)."""
+    if scores.shape[1:] == tuple(shape):
+        return scores
+    size = (shape[1], shape[0])
+    return np.stack([np.array(Image.fromarray(channel, 'F').resize(size, Image.Resampling.BILINEAR))
+                     for channel in scores.astype(np.float32)])
+
+
+def softmax(scores):
+    """Per-pixel class probabilities of K x H x W scores."""
+    shifted = np.exp(scores - scores.max(0, keepdims=True))
+    return (shifted / shifted.sum(0, keepdims=True)).astype(np.float32)
+
+
+def segment(net, input_name, rgb, mean, heads, max_side=None):
+    """Class scores per pixel of one HxWx3 RGB image at its own size:
+    {head label: K x H x W float32}."""
+    seen = fitted(rgb, max_side)
+    bgr = seen[:, :, ::-1].astype(np.float32) - mean
+    net.blobs[input_name].reshape(1, 3, *seen.shape[:2])
+    net.blobs[input_name].data[0] = bgr.transpose(2, 0, 1)
+    net.reshape()
+    net.forward()
+    scores = {}
+    for head in heads:
+        head_scores = net.blobs[head.score].data[0]
+        if head_scores.shape[1:] != seen.shape[:2]:
+            raise UsageError(f'{head.score} is {head_scores.shape[1]}x{head_scores.shape[2]} '
+                             f'for a {seen.shape[0]}x{seen.shape[1]} image: not a deploy FCN')
+        scores[head.label] = resized_scores(np.array(head_scores), rgb.shape[:2])
+    return scores
+
+
+def infer_files(net, heads, mean, paths, out_dir, class_names=None, probabilities=False,
+                max_side=None, label='infer'):
+    """Segment image files into out_dir; returns the label PNGs written. class_names:
+    {head label: names} for the legends (default: class numbers)."""
+    input_name = single_input(net, 'the net')
+    written = []
+    progress = Progress(len(paths), label)
+    for path in paths:
+        rgb = read_rgb(path)
+        threads.adapt()
+        scores = segment(net, input_name, rgb, mean, heads, max_side)
+        for head in heads:
+            head_scores = scores[head.label]
+            pred = head_scores.argmax(0).astype(np.uint8)
+            names = (class_names or {}).get(head.label) or \
+                tuple(f'class {i}' for i in range(head.num_classes))
+            stem = Path(path).stem + ('' if len(heads) == 1 else f'_{head.label}')
+            out = Path(out_dir)
+            pictures.save_label_png(out / f'{stem}.png', pred)
+            pictures.save_rgb_png(out / f'{stem}_overlay.png',
+                             pictures.overlay_with_legend(rgb, pred, names))
+            if probabilities:
+                save_probabilities(out / f'{stem}_prob.npz', softmax(head_scores), names)
+            written.append(out / f'{stem}.png')
+        progress.step()
+    return written
+
+
+def save_probabilities(path, prob, names):
+    def write(tmp):
+        with open(tmp, 'wb') as f:  # a file object: np.savez would append .npz to a name
+            np.savez_compressed(f, prob=prob, classes=np.array(names))
+    pictures.atomic_save(path, write)
