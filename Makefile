@@ -129,8 +129,10 @@ $(DATA_ROOT)/downloads/%.prepared: | $(VENV_STAMP)
 # snapshots at 28000 and 60000 do not exist).
 
 MODEL_NAMES := $(patsubst models/%/solver.prototxt,%,$(wildcard models/*/solver.prototxt))
-# Models of one's own (solve/new_model.py): `make NAME` trains the chain of stages.
-LOCAL_NAMES := $(patsubst models/local/%.json,%,$(wildcard models/local/*.json))
+# Models declared on one's own data (solve/new_model.py): `make NAME` trains the chain of
+# stages. FCN_USER_MODELS_DIR names another folder of declarations (models/declared.py).
+USER_MODELS := $(or $(FCN_USER_MODELS_DIR),models/user)
+DECLARED_NAMES := $(patsubst $(USER_MODELS)/%.json,%,$(wildcard $(USER_MODELS)/*.json))
 comma := ,
 DEVICE := $(if $(GPUS),--gpus $(GPUS),$(if $(GPU),--gpu $(GPU),--cpu))
 SCORE_DEVICE := $(if $(GPUS),--gpu $(firstword $(subst $(comma), ,$(GPUS))),$(if $(GPU),--gpu $(GPU),--cpu))
@@ -154,15 +156,15 @@ export FCN_WEIGHTS_DIR := $(BASE_WEIGHTS)
 # rules generated into runs/.pipeline.mk; read only when a pipeline target is asked for.
 PIPELINE_RULES := runs/.pipeline.mk
 
-.PHONY: $(MODEL_NAMES) $(LOCAL_NAMES) stress
+.PHONY: $(MODEL_NAMES) $(DECLARED_NAMES) stress
 
-ifneq ($(filter $(MODEL_NAMES) $(LOCAL_NAMES) demo runs/% weights/% $(RUNS)/% $(BASE_WEIGHTS)/% released-% eval-%,$(MAKECMDGOALS)),)
+ifneq ($(filter $(MODEL_NAMES) $(DECLARED_NAMES) demo runs/% weights/% $(RUNS)/% $(BASE_WEIGHTS)/% released-% eval-%,$(MAKECMDGOALS)),)
 include $(PIPELINE_RULES)
 endif
 
-$(PIPELINE_RULES): models/specs.py models/declared.py \
+$(PIPELINE_RULES): models/records.py models/specs.py models/declared.py models/registry.py \
 		data/weights.py pipeline/make_rules.py \
-		$(wildcard models/local models/local/*.json)
+		$(wildcard $(USER_MODELS) $(USER_MODELS)/*.json)
 	@mkdir -p $(@D)
 	$(PYTHON) -m pipeline.make_rules > $@.tmp && mv $@.tmp $@
 
@@ -324,7 +326,7 @@ report: | $(VENV_STAMP) ## paper vs released weights vs your runs: runs/report/r
 # ---- your own data -----------------------------------------------------------------
 # A dataset of one's own (data/check.py: VOC layout or images/ + masks/, and classes.txt)
 # is checked, a model is declared on it (solve/new_model.py NAME --data DIR --from ...,
-# which writes models/local/NAME.json and the prototxts), and `make NAME` checks the data
+# which writes models/user/NAME.json and the prototxts), and `make NAME` checks the data
 # into runs/NAME/data-check.json, trains every stage and scores the last (README: "Train
 # on your own data").
 

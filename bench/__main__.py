@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import blas, contention, nets, report
+from fcn import prototxt
+from fcn.errors import run_command
 
 # The environment as the benchmark was started, before caffe_env sets Caffe's (its BLAS
 # choice: MKL's folder on LD_LIBRARY_PATH, MKL's threading layer): what PyTorch runs in.
@@ -289,8 +291,8 @@ def parse_args(argv):
                         help='solver iterations per timed run (default: %(default)s)')
     parser.add_argument('--thread-env', action='append', default=[], metavar='NAME=VALUE',
                         help="try another thread setting in place of the project's "
-                             '(FCN_ADAPT_THREADS=1, fcn/runtime/threads.py) in the contention part, '
-                             'e.g. GOMP_SPINCOUNT=1000 (repeatable)')
+                             '(FCN_ADAPT_THREADS=1, fcn/runtime/threads.py) in the contention '
+                             'part, e.g. GOMP_SPINCOUNT=1000 (repeatable)')
     parser.add_argument('--blas-dir', action='append', default=[], metavar='NAME=DIR',
                         help="also time Caffe's forward and training with another BLAS "
                              'under the same binary: DIR holds a libopenblas.so.0 (a link to '
@@ -364,9 +366,8 @@ def main(argv=None):
         inputs = scratch / 'inputs.npz'
         np.savez(inputs, data=nets.random_image(args.width, args.height, SEED))
         train = scratch / 'train.prototxt'
-        nets.write_message(nets.input_fed(nets.read_net(files['train']), {
-            'data': (1, 3, args.height, args.width), 'label': (1, 1, args.height, args.width)}),
-            train)
+        prototxt.write_text_proto(train, nets.input_fed(prototxt.read_net(files['train']), {
+            'data': (1, 3, args.height, args.width), 'label': (1, 1, args.height, args.width)}))
         config = {'deploy': str(files['deploy']), 'train': str(train),
                   'solver': str(files['solver']), 'inputs': str(inputs),
                   'weights': str(scratch / 'weights.npz'), 'seed': SEED,
@@ -581,8 +582,8 @@ def measure_contention(args, env, scratch, results):
     folder = scratch / 'contention'
     folder.mkdir()
     inputs, train = folder / 'inputs.npz', folder / 'train.prototxt'
-    nets.write_message(nets.input_fed(nets.read_net(files['train']), {
-        'data': (1, 3, height, width), 'label': (1, 1, height, width)}), train)
+    prototxt.write_text_proto(train, nets.input_fed(prototxt.read_net(files['train']), {
+        'data': (1, 3, height, width), 'label': (1, 1, height, width)}))
     config = {'deploy': str(files['deploy']), 'train': str(train),
               'solver': str(files['solver']), 'inputs': str(inputs),
               'weights': str(folder / 'weights.npz'), 'seed': SEED, 'scratch': str(folder),
@@ -612,4 +613,4 @@ def measure_contention(args, env, scratch, results):
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)

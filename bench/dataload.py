@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from bench import nets
+from fcn import prototxt
 
 SPLIT = 'bench'
 PASCAL_MEAN_BGR = (104.00699, 116.66877, 122.67892)
@@ -51,7 +52,7 @@ def data_layer_net(scratch, config):
     """A net that is only `layers.voc.VOCSegDataLayer` over a fresh fixture set."""
     root = scratch / 'voc-fixture'
     write_voc_fixture(root, config['images'], config['width'], config['height'], config['seed'])
-    pb = nets.caffe_pb2()
+    pb = prototxt.caffe_pb2()
     net = pb.NetParameter(name='voc-data-layer')
     layer = net.layer.add(name='data', type='Python', top=['data', 'label'])
     layer.python_param.module = 'layers.voc'
@@ -60,5 +61,5 @@ def data_layer_net(scratch, config):
         'voc_dir': str(root), 'split': SPLIT, 'mean': list(PASCAL_MEAN_BGR),
         'randomize': False, 'seed': config['seed']})
     path = scratch / 'voc-data-layer.prototxt'
-    nets.write_message(net, path)
+    prototxt.write_text_proto(path, net)
     return path

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bench import report
 
+from fcn import runs
 from fcn.paths import REPO
 STAGES = (('classifier', 'toy-vgg16'), ('fcn32s', 'toy-fcn32s'), ('fcn16s', 'toy-fcn16s'),
           ('fcn8s', 'toy-fcn8s'))
@@ -88,15 +89,15 @@ def run_label(seed, choice):
 
 def read_run(tree):
     """Scores (%) and training seconds of a finished demo in `tree`."""
-    runs = tree / 'runs'
-    scores = json.loads((runs / 'demo' / 'scores.json').read_text())
-    validations = json.loads((runs / 'toy-vgg16' / 'val_log.json').read_text())
+    runs_dir = tree / 'runs'
+    scores = json.loads((runs_dir / 'demo' / 'scores.json').read_text())
+    validations = json.loads(runs.run_folder('toy-vgg16', runs_dir).val_log.read_text())
     result = {'classifier': 100 * validations[-1]['label']['pixel_acc']}
     for key, _ in STAGES[1:]:
         result[key] = 100 * scores[key]['mean_iu']
     seconds = {}
     for key, model in STAGES:
-        rows = (runs / model / 'train_log.csv').read_text().splitlines()
+        rows = runs.run_folder(model, runs_dir).train_log.read_text().splitlines()
         header, last = rows[0].split(','), rows[-1].split(',')
         seconds[key] = float(last[header.index('seconds')])
     result['seconds'] = seconds

@@ -1,43 +1,22 @@
 """The benchmarked nets as Caffe defines them: prototxt files, geometry, inputs and weights.
 
-Everything here works on `caffe_pb2` messages and numpy arrays only, so the PyTorch side
-can read the same definitions without loading libcaffe into its process.
+Everything here works on `caffe_pb2` messages (read and written by fcn/prototxt.py) and
+numpy arrays only, so the PyTorch side can read the same definitions without loading
+libcaffe into its process.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 
 from fcn.paths import REPO
+from fcn.prototxt import caffe_pb2
 DEFAULT_MODEL_DIR = REPO / 'models' / 'voc-fcn8s'
 # Random input pixels span what a mean-subtracted 8-bit image spans.
 INPUT_RANGE = 128.0
 VOID_LABEL = 255
 # PASCAL VOC's 20 classes and background: the classes of the fixture labels.
 NUM_CLASSES = 21
-
-
-def caffe_pb2():
-    """Caffe's protobuf module; loaded from its file when pycaffe itself is not imported."""
-    if 'caffe' in sys.modules:
-        from caffe.proto import caffe_pb2 as module
-        return module
-    loaded = sys.modules.get('bench_caffe_pb2')
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.find_spec('caffe')
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit('bench: pycaffe is not importable: run `make caffe` first, or put a '
-                         "Caffe build's python folder on PYTHONPATH")
-    path = Path(list(spec.submodule_search_locations)[0]) / 'proto' / 'caffe_pb2.py'
-    module_spec = importlib.util.spec_from_file_location('bench_caffe_pb2', path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    sys.modules['bench_caffe_pb2'] = module
-    return module
 
 
 def model_files(model_dir):
@@ -49,18 +28,6 @@ def model_files(model_dir):
         raise SystemExit(f'bench: missing {", ".join(missing)}: generate the model folder '
                          f'first (models/ makes models/<name>/*.prototxt)')
     return files
-
-
-def read_net(path):
-    return text_format.Merge(Path(path).read_text(), caffe_pb2().NetParameter())
-
-
-def read_solver(path):
-    return text_format.Merge(Path(path).read_text(), caffe_pb2().SolverParameter())
-
-
-def write_message(message, path):
-    Path(path).write_text(text_format.MessageToString(message))
 
 
 def in_phase(layer, phase):

@@ -30,7 +30,8 @@ is the fastest):
 import torch
 import torch.nn.functional as F
 
-from bench.nets import caffe_pb2, conv_geometry, in_phase, param_mults
+from bench.nets import conv_geometry, in_phase, param_mults
+from fcn.prototxt import caffe_pb2
 
 FORMS = ('layers', 'plain', 'channels_last', 'compiled')
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import nets
+from fcn import prototxt
 from bench.flops import net_flops
 
 from fcn.runtime import threads
@@ -171,7 +172,7 @@ class CaffeForward(CaffeSubject):
 
     def __init__(self, config):
         super().__init__(config)
-        self.definition = nets.read_net(config['deploy'])
+        self.definition = prototxt.read_net(config['deploy'])
         self.net = self.caffe.Net(config['deploy'], self.caffe.TEST)
         self.feed(self.net)
         if not Path(config['weights']).exists():
@@ -207,15 +208,16 @@ class CaffeForward(CaffeSubject):
 class CaffeTrain(CaffeSubject):
     """Solver iterations (forward, backward, update) of the input-fed training net: one,
     or the config's `iterations`, stepped one at a time with the thread count fitted
-    between them as the trainer does (fcn/runtime/threads.py; a no-op under FCN_ADAPT_THREADS=0). Each
-    run starts like a new training, at the libraries' own thread count."""
+    between them as the trainer does (fcn/runtime/threads.py; a no-op under
+    FCN_ADAPT_THREADS=0). Each run starts like a new training, at the libraries' own thread
+    count."""
 
     def __init__(self, config):
         super().__init__(config)
-        self.definition = nets.read_net(config['train'])
-        solver = nets.solver_for(nets.read_solver(config['solver']), config['train'])
+        self.definition = prototxt.read_net(config['train'])
+        solver = nets.solver_for(prototxt.read_solver(config['solver']), config['train'])
         solver_path = Path(config['scratch']) / 'solver.prototxt'
-        nets.write_message(solver, solver_path)
+        prototxt.write_text_proto(solver_path, solver)
         self.solver = self.caffe.get_solver(str(solver_path))
         self.feed(self.solver.net)
         self.load(self.solver.net)
@@ -262,7 +264,7 @@ class CaffeCheck(CaffeSubject):
 
     def __init__(self, config):
         super().__init__(config)
-        self.definition = nets.read_net(config['train'])
+        self.definition = prototxt.read_net(config['train'])
         self.net = self.caffe.Net(config['train'], self.caffe.TEST)
         self.feed(self.net)
         self.load(self.net)
@@ -289,7 +291,7 @@ class TorchSubject(Subject):
 
     def module(self, path, phase):
         from bench.torchnet import CaffeNet
-        definition = nets.read_net(path)
+        definition = prototxt.read_net(path)
         return definition, CaffeNet(definition, self.weights(), phase)
 
     def info(self):
@@ -307,7 +309,7 @@ class TorchForward(TorchSubject):
     def __init__(self, config):
         super().__init__(config)
         from bench.torchnet import Inference
-        pb = nets.caffe_pb2()
+        pb = prototxt.caffe_pb2()
         self.definition, net = self.module(config['deploy'], pb.TEST)
         self.outputs = [top for layer in self.definition.layer for top in layer.top
                         if not any(top in other.bottom for other in self.definition.layer)]
@@ -338,8 +340,8 @@ class TorchForward(TorchSubject):
 class TorchTrain(TorchSubject):
     def __init__(self, config):
         super().__init__(config)
-        pb = nets.caffe_pb2()
-        solver = nets.read_solver(config['solver'])
+        pb = prototxt.caffe_pb2()
+        solver = prototxt.read_solver(config['solver'])
         self.definition, self.net = self.module(config['train'], pb.TRAIN)
         self.optimizer = self.torch.optim.SGD(self.net.param_groups(solver), lr=solver.base_lr,
                                               momentum=solver.momentum)
@@ -353,7 +355,7 @@ class TorchTrain(TorchSubject):
 class TorchCheck(TorchSubject):
     def __init__(self, config):
         super().__init__(config)
-        pb = nets.caffe_pb2()
+        pb = prototxt.caffe_pb2()
         self.phase = pb.TEST
         self.definition, self.net = self.module(config['train'], self.phase)
 

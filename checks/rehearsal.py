@@ -46,6 +46,8 @@ from checks import fixtures
 from data.fetch import digests
 from data.prepare import DATASETS
 from data.weights import CLASSIFIERS
+from fcn import runs
+from fcn.errors import run_command
 from fcn.paths import REPO
 from models.specs import MODELS
 
@@ -105,10 +107,8 @@ def random_weights(net, rng):
 def random_net_file(deploy, out, seed):
     """Random weights for a net's deploy definition, its upsampling bilinear as training
     leaves it (fixed), saved as Caffe saves a net."""
-    import caffe
     from fcn import nets, surgery
-    with nets.temporary_prototxt(surgery.single_image_net(deploy)) as path:
-        net = caffe.Net(path, caffe.TEST)
+    net = nets.load_net(deploy, net_param=surgery.single_image_net(deploy))
     random_weights(net, np.random.default_rng(seed))
     surgery.interp(net)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -383,7 +383,7 @@ def rehearse(models, folder, steps, val_images, keep=False):
                                                   log_path))
             status, seconds, peak, stages = run_make(
                 command, env, log_path, lambda line: say('    ' + line))
-            score = folder / 'runs' / model / 'score.json'
+            score = runs.run_folder(model, folder / 'runs').score()
             if status != 0 or not score.is_file():
                 tail = log_path.read_text().splitlines()[-30:]
                 killed = any(re.search(r'\bKilled\b|Error 137', line) for line in tail)
@@ -455,4 +455,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fcn.errors import run_command
+
 NUM_CLASSES = 3
 # What glibc, the kernel and Python print when a process dies of heap corruption.
 CRASH_SIGNS = ('double free', 'corruption', 'free(): invalid', 'malloc(): ', 'Segmentation fault',
@@ -195,8 +197,9 @@ def child(run_dir, run, iterations):
         params = synthetic_param
     solver = write_model(run_dir / 'model', params, max_iter=iterations,
                          snapshot=max(iterations // 4, 1), base_lr=base_lr)
-    stage = trainer.Stage(name='stress', solver=solver, run_dir=run_dir / 'run', heads=heads())
-    return start.run(stage)
+    training = trainer.TrainingRun(name='stress', solver=solver, run_dir=run_dir / 'run',
+                                   heads=heads())
+    return start.launch(training)
 
 
 def run_one(run_dir, run, iterations):
@@ -248,4 +251,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

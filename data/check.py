@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fcn.errors import UsageError, run_command
+
 CLASSES_FILE = 'classes.txt'
 VOID = 255
 # Where each layout keeps images, labels and split files, relative to the dataset folder.
@@ -434,8 +436,11 @@ def main(argv=None):
     declared = None
     if args.model:
         from fcn.paths import data_root
-        from models.declared import find
-        declared = find(args.model)
+        from models import registry
+        try:
+            declared = registry.load().declared_model(args.model)
+        except registry.UnknownModel as error:
+            raise UsageError(str(error)) from None
         args.data = data_root() / declared.data_dir
         args.splits = [declared.train_split, declared.val_split]
     if args.data is None:
@@ -470,4 +475,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

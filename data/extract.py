@@ -10,7 +10,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from data.fetch import Progress
+from fcn.progress import BYTES, Progress
 
 
 class ExtractError(RuntimeError):
@@ -46,7 +46,7 @@ def extract_tar(archive, destination, out):
 
     size = archive.stat().st_size
     with open(archive, 'rb') as raw, tarfile.open(fileobj=raw, mode='r:*') as tar:
-        progress = Progress('unpacking ' + archive.name, size, out=out)
+        progress = Progress('unpacking ' + archive.name, size, unit=BYTES, out=out)
 
         def members():
             for member in tar:
@@ -76,7 +76,8 @@ def extract_zip(archive, destination, out):
                     archive, entry.filename, destination))
             paths.append(destination.joinpath(*parts))
         progress = Progress('unpacking ' + archive.name,
-                            sum(entry.file_size for entry in entries) or None, out=out)
+                            sum(entry.file_size for entry in entries) or None, unit=BYTES,
+                            out=out)
         try:
             for entry, path in zip(entries, paths):
                 if entry.filename.endswith(('/', '\\')):

@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from data.sources import SOURCES
+from fcn.progress import BYTES, Progress
 
 CHUNK = 1 << 20
 CHECKSUMS = ('md5', 'sha1', 'sha256')
@@ -88,42 +89,6 @@ def with_declared_checksums(sources, declared):
     return {key: replace(source, **{kind: declared[source.filename].get(kind)
                                     for kind in CHECKSUMS})
             if source.filename in declared else source for key, source in sources.items()}
-
-
-class Progress:
-    """A one-line progress bar on a terminal, a line per tenth elsewhere."""
-
-    def __init__(self, label, total, done=0, out=None):
-        self.label, self.total, self.done = label, total, done
-        self.out = out or sys.stderr
-        self.start, self.start_done = time.monotonic(), done
-        self.shown_at, self.shown_tenth = 0.0, -1
-        self.terminal = self.out.isatty()
-
-    def update(self, count):
-        self.done += count
-        now = time.monotonic()
-        if self.terminal and now - self.shown_at >= 0.2:
-            self.shown_at = now
-            self.out.write('\r' + self.line(now))
-            self.out.flush()
-        elif not self.terminal and self.total:
-            tenth = 10 * self.done // self.total
-            if tenth > self.shown_tenth:
-                self.shown_tenth = tenth
-                self.out.write(self.line(now) + '\n')
-
-    def finish(self):
-        if self.terminal:
-            self.out.write('\r' + self.line(time.monotonic()) + '\n')
-            self.out.flush()
-
-    def line(self, now):
-        rate = (self.done - self.start_done) / max(now - self.start, 1e-6) / 1e6
-        if self.total:
-            return '  {}: {:5.1f}% {:.1f}/{:.1f} MB {:.1f} MB/s'.format(
-                self.label, 100.0 * self.done / self.total, self.done / 1e6, self.total / 1e6, rate)
-        return '  {}: {:.1f} MB {:.1f} MB/s'.format(self.label, self.done / 1e6, rate)
 
 
 class Fetcher:
@@ -304,7 +269,7 @@ class Fetcher:
                 have, mode = 0, 'wb'
                 length = response.headers.get('Content-Length')
                 total = int(length) if length and length.isdigit() else None
-            progress = Progress(label, total, have)
+            progress = Progress(label, total, have, unit=BYTES)
             with open(part, mode) as stream:
                 for chunk in iter(lambda: response.read(CHUNK), b''):
                     stream.write(chunk)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from fcn.errors import run_command
 from fcn.paths import data_root
 from data.extract import ExtractError, extract, find_root
 from data.fetch import FetchError, Fetcher, place
@@ -347,4 +348,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data.check import CLASSES_FILE, LAYOUTS
+from fcn.errors import UsageError, run_command
 
 CLASS_NAMES = ('background', 'red', 'yellow', 'green', 'blue', 'purple')
 # Each object class's hue in degrees, 60 to 80 apart.
@@ -338,16 +339,16 @@ def generate(out, **overrides):
         raise TypeError(f'unknown toy set parameters: {", ".join(sorted(unknown))}')
     p = {**DEFAULTS, **overrides}
     if not 1 <= p['classes'] <= len(CLASS_HUES):
-        raise SystemExit(f'toy: --classes {p["classes"]}: from 1 to {len(CLASS_HUES)} object '
+        raise UsageError(f'toy: --classes {p["classes"]}: from 1 to {len(CLASS_HUES)} object '
                          f'classes (one hue each)')
     if p['layout'] not in LAYOUTS:
-        raise SystemExit(f'toy: --layout {p["layout"]}: one of {", ".join(LAYOUTS)}')
+        raise UsageError(f'toy: --layout {p["layout"]}: one of {", ".join(LAYOUTS)}')
     out = Path(out)
     meta = read_meta(out)
     if meta is not None and meta['parameters'] == p and meta['generator'] == generator_digest():
         return meta
     if out.exists() and meta is None:
-        raise SystemExit(f'toy: {out} exists but holds no {META_NAME}, so it is not a toy '
+        raise UsageError(f'toy: {out} exists but holds no {META_NAME}, so it is not a toy '
                          f'set; move it away or give another --out')
 
     total = sum(p[f'{view}_{split}'] for view in ('seg', 'cls') for split in SPLITS)
@@ -400,4 +401,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)

@@ -9,6 +9,10 @@ mapped, its layer records are walked by their length prefixes, and only the smal
 weights file name in a state) copy the untouched records' bytes as they are.
 
 Field numbers come from Caffe's own message descriptors (caffe_pb2).
+
+`checked_layers` is how every tool meets a weights file before Caffe reads it: Caffe ends
+the process (a failed check, exit 134) on a file cut short, another kind of file, or a
+blob whose values do not fill its shape.
 """
 import mmap
 import os
@@ -17,18 +21,28 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from fcn.errors import UsageError
+from fcn.prototxt import caffe_pb2
+
 VARINT, LENGTH_DELIMITED = 0, 2
 WIRE_SIZES = {1: 8, 5: 4}  # fixed-size wire types: 64-bit, 32-bit
+# What to do about a weights file that is not whole.
+WEIGHTS_REMEDY = ("download or copy it again (a training run's final.caffemodel is "
+                  "written again by `make MODEL`)")
 
 
 class CaffemodelError(ValueError):
     """A file that is not a complete protobuf message of the expected kind."""
 
 
+class WeightsFileError(UsageError):
+    """A weights file Caffe cannot load into a net: missing, cut short, another kind of
+    file, or another net's weights; the message names the file and what to do."""
+
+
 @lru_cache(maxsize=None)
 def field_number(message, name):
-    from caffe.proto import caffe_pb2
-    return getattr(caffe_pb2, message).DESCRIPTOR.fields_by_name[name].number
+    return getattr(caffe_pb2(), message).DESCRIPTOR.fields_by_name[name].number
 
 
 def read_varint(buffer, position, end):
@@ -147,37 +161,124 @@ def blob_shape(buffer, start, end):
     return tuple(dims) if dims is not None else tuple(old)
 
 
-def read_layers(path):
-    """The LayerRecords of a caffemodel, in file order; a CaffemodelError naming the file
-    if it is cut short or not a net."""
+def shapes_match(file_shape, net_shape):
+    """Caffe's rule for a blob of the file and one of the net: an old 4-D shape (num,
+    channels, height, width) matches a net shape padded to 4-D with leading 1s."""
+    if len(file_shape) == 4 and len(net_shape) < 4:
+        net_shape = (1,) * (4 - len(net_shape)) + tuple(net_shape)
+    return tuple(file_shape) == tuple(net_shape)
+
+
+def layer_records(buffer):
+    """The LayerRecords of a caffemodel's bytes, in file order; a CaffemodelError (or a
+    UnicodeDecodeError for a name) where they are not a net's."""
     numbers = layer_numbers()
     by_field = {net_field: legacy for legacy, (net_field, _, _) in numbers.items()}
     records = []
+    for field in fields(buffer):
+        if field.number not in by_field or field.wire != LENGTH_DELIMITED:
+            continue
+        legacy = by_field[field.number]
+        _, name_field, blobs_field = numbers[legacy]
+        name, shapes = '', []
+        for inner in fields(buffer, *field.body):
+            if inner.number == name_field and inner.wire == LENGTH_DELIMITED:
+                name = bytes(buffer[slice(*inner.body)]).decode()
+            elif inner.number == blobs_field and inner.wire == LENGTH_DELIMITED:
+                shapes.append(blob_shape(buffer, *inner.body))
+        records.append(LayerRecord(name, tuple(shapes), legacy,
+                                   (field.start, field.end), field.body))
+    return records
+
+
+def read_layers(path):
+    """The LayerRecords of a caffemodel, in file order; a CaffemodelError naming the file
+    if it is cut short or not a net."""
     try:
         with mapped(path) as buffer:
-            for field in fields(buffer):
-                if field.number not in by_field or field.wire != LENGTH_DELIMITED:
-                    continue
-                legacy = by_field[field.number]
-                _, name_field, blobs_field = numbers[legacy]
-                name, shapes = '', []
-                for inner in fields(buffer, *field.body):
-                    if inner.number == name_field and inner.wire == LENGTH_DELIMITED:
-                        name = bytes(buffer[slice(*inner.body)]).decode()
-                    elif inner.number == blobs_field and inner.wire == LENGTH_DELIMITED:
-                        shapes.append(blob_shape(buffer, *inner.body))
-                records.append(LayerRecord(name, tuple(shapes), legacy,
-                                           (field.start, field.end), field.body))
+            return layer_records(buffer)
     except (CaffemodelError, UnicodeDecodeError) as error:
         raise CaffemodelError('{} is not a complete Caffe weights file ({})'.format(
             path, error)) from None
+
+
+def check_message(buffer, start, end, descriptor):
+    """Walk a message and every message inside it, as Caffe's parser reads them; a
+    CaffemodelError where a length or a number runs past its message."""
+    for field in fields(buffer, start, end):
+        described = descriptor.fields_by_number.get(field.number)
+        if described is not None and described.message_type is not None \
+                and field.wire == LENGTH_DELIMITED:
+            check_message(buffer, *field.body, described.message_type)
+
+
+def blob_values(buffer, start, end):
+    """How many values a BlobProto holds for its data (Caffe reads double_data if it has
+    any, else data) and for its diff."""
+    sizes = {'data': 4, 'double_data': 8, 'diff': 4, 'double_diff': 8}
+    numbers = {field_number('BlobProto', name): name for name in sizes}
+    counts = dict.fromkeys(sizes, 0)
+    for field in fields(buffer, start, end):
+        name = numbers.get(field.number)
+        if name is None:
+            continue
+        if field.wire == LENGTH_DELIMITED:  # packed
+            length = field.body[1] - field.body[0]
+            if length % sizes[name]:
+                raise CaffemodelError(f'a packed {name} field of {length} bytes at byte '
+                                      f'{field.start}')
+            counts[name] += length // sizes[name]
+        else:
+            counts[name] += 1
+    return (counts['double_data'] or counts['data'],
+            counts['double_diff'] or counts['diff'])
+
+
+def check_values(buffer, record):
+    """A CaffemodelError unless every blob of the layer holds one value per element of
+    its shape (Caffe stops the process otherwise)."""
+    _, _, blobs_field = layer_numbers()[record.legacy]
+    blobs = [inner for inner in fields(buffer, *record.body)
+             if inner.number == blobs_field and inner.wire == LENGTH_DELIMITED]
+    for index, (blob, shape) in enumerate(zip(blobs, record.shapes)):
+        elements = 1
+        for dim in shape:
+            elements *= dim
+        for kind, count in zip(('values', 'gradients'), blob_values(buffer, *blob.body)):
+            if count != elements and (kind == 'values' or count):
+                raise CaffemodelError(f'layer {record.name} blob {index} has shape {shape} '
+                                      f'({elements} elements) but holds {count} {kind}')
+
+
+def checked_layers(path):
+    """The LayerRecords of a weights file Caffe can load: it exists, and is a whole
+    NetParameter in protobuf's binary format with layers whose blobs hold their values.
+    Otherwise a WeightsFileError naming the file, its size and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f'weights file {path} does not exist: check the path, or '
+                               f'make or fetch the file first')
+    size = path.stat().st_size
+    try:
+        with mapped(path) as buffer:
+            check_message(buffer, 0, len(buffer), caffe_pb2().NetParameter.DESCRIPTOR)
+            records = layer_records(buffer)
+            for record in records:
+                check_values(buffer, record)
+    except (CaffemodelError, UnicodeDecodeError) as error:
+        raise WeightsFileError(f'{path} ({size} bytes) is not a complete Caffe weights file '
+                               f'({error}): it is cut short or another kind of file; '
+                               f'{WEIGHTS_REMEDY}') from None
+    if not any(record.shapes for record in records):
+        raise WeightsFileError(f'{path} ({size} bytes) holds no layer with weights: it is '
+                               f'not a Caffe weights file (.caffemodel); {WEIGHTS_REMEDY}')
     return records
 
 
 def parse_layer(path, record):
     """The parsed LayerParameter (V1LayerParameter if legacy) of one LayerRecord."""
-    from caffe.proto import caffe_pb2
-    message = caffe_pb2.V1LayerParameter() if record.legacy else caffe_pb2.LayerParameter()
+    pb2 = caffe_pb2()
+    message = pb2.V1LayerParameter() if record.legacy else pb2.LayerParameter()
     with mapped(path) as buffer:
         message.ParseFromString(buffer[slice(*record.body)])
     return message

@@ -1,34 +1,21 @@
-#!/usr/bin/env python3
-"""Score semantic segmentation the FCN way: one confusion matrix per label, then
-pixel accuracy, mean accuracy, mean IU and frequency-weighted IU from it.
+"""Scoring as the FCN papers define it (solve/score.py is the command).
 
-Three ways in:
-  score.py MODEL --weights W [--split S]       forward the model's val net over a split
-                                               (W: a .caffemodel, or `released` for the
-                                               reference release's weights of MODEL,
-                                               fetched if absent, scored into
-                                               runs/released/MODEL/score.json)
-  score.py --pred-dir P --gt-dir G --num-classes K   compare saved label PNGs
-  score.py --merge A.npz B.npz ...             merge the histograms of sharded runs
-
-`--shard i/n` scores the i-th of n contiguous blocks of the images and `--save-hist`
-keeps its histogram, so one split can be scored on several machines and merged.
-
-Missing classes: by default a class with neither ground truth nor predictions is left
-out of the means, as the reference code computes; `--ignore-absent` (and every head the
-model table marks so, e.g. SIFT Flow's semantic labels) also leaves out classes that
-have predictions but no ground truth pixels, which the reference wrongly counted as 0.
+One confusion matrix per head, then pixel accuracy, mean accuracy, mean IU and
+frequency-weighted IU from it. A split can be scored in contiguous shards whose matrices
+are saved and summed (`save_hist`, `merge_hists`) to the same result as the whole.
+Classes with neither ground truth nor predictions leave the means, as in the reference;
+`ignore_absent` also leaves out classes with predictions but no ground truth pixels,
+which the reference counted as 0 (SIFT Flow's semantic head).
 """
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from fcn.runtime import threads
 from fcn import pictures
+from fcn.progress import Progress
 from fcn.nets import UsageError
 
 METRIC_KEYS = ('pixel_acc', 'mean_acc', 'mean_iu', 'fwavacc', 'per_class_iu', 'n_images')
@@ -106,27 +93,6 @@ def _nanmean(values):
     return _number(np.nanmean(values)) if np.isfinite(values).any() else None
 
 
-class Progress:
-    """Progress on stderr: a live line on a terminal, a line per tenth in logs."""
-
-    def __init__(self, total, label):
-        self.total, self.label, self.done = total, label, 0
-        self.start = self.last = time.monotonic()
-        self.live = sys.stderr.isatty()
-
-    def step(self):
-        self.done += 1
-        now = time.monotonic()
-        tenth = max(10, self.total // 10)
-        if self.done == self.total or (self.live and now - self.last > 0.5) or \
-                (not self.live and self.done % tenth == 0):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            end = '\n' if self.done == self.total or not self.live else ''
-            print(f'\r{self.label}: {self.done}/{self.total} ({rate:.1f}/s)', end=end,
-                  file=sys.stderr, flush=True)
-
-
 def shard_range(count, shard):
     """The contiguous block [start, stop) of `count` items that shard (i, n) scores."""
     index, shards = shard
@@ -171,7 +137,7 @@ def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score',
     for _ in range(start):
         net._forward(0, last_data_layer)
     hists = {head.label: ConfusionMatrix(head.num_classes) for head in heads}
-    progress = Progress(end - start * batch, label)
+    progress = Progress(label, end - start * batch)
     for first in range(start * batch, end, batch):
         threads.adapt()
         net.forward()
@@ -185,7 +151,7 @@ def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score',
                     folder = Path(save_dir) / head.label if len(heads) > 1 else Path(save_dir)
                     pictures.save_label_png(folder / f'{image_ids[first + b]}.png', pred[b])
         for _ in range(count):
-            progress.step()
+            progress.update()
     for _ in range(stop, passes):
         net._forward(0, last_data_layer)
     return hists
@@ -215,7 +181,8 @@ def write_outputs(json_path, hists, names, ignore_absent, extra=None):
     """The JSON report and one confusion PNG per head next to it."""
     json_path = Path(json_path)
     document = report_json(hists, names, ignore_absent, extra)
-    pictures.atomic_save(json_path, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1)))
+    pictures.atomic_save(json_path,
+                         lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1)))
     for label, hist in hists.items():
         suffix = '' if len(hists) == 1 else f'-{label}'
         pictures.save_confusion_png(json_path.with_name(f'{json_path.stem}-confusion{suffix}.png'),
@@ -278,7 +245,7 @@ def score_pred_dir(pred_dir, gt_dir, num_classes, shard=(0, 1)):
         raise UsageError(f'--gt-dir {gt_dir}: no label PNGs found')
     start, stop = shard_range(len(gt_paths), shard)
     hist = ConfusionMatrix(num_classes)
-    progress = Progress(stop - start, 'score')
+    progress = Progress('score', stop - start)
     for gt_path in gt_paths[start:stop]:
         pred_path = Path(pred_dir) / gt_path.name
         if not pred_path.is_file():
@@ -288,5 +255,5 @@ def score_pred_dir(pred_dir, gt_dir, num_classes, shard=(0, 1)):
             hist.add(gt, pred)
         except ValueError as e:
             raise UsageError(f'{pred_path}: {e}') from e
-        progress.step()
+        progress.update()
     return hist

@@ -1,29 +1,11 @@
-#!/usr/bin/env python3
-"""Segment images with a trained FCN: for every image a label PNG (the dataset's palette,
-class ids as pixel values) and an overlay on the image with a legend of the classes
-present, at the image's own size.
+"""Segmentation of single images by a deploy net (solve/infer.py is the command).
 
-  infer.py MODEL --weights W|released IMAGE|FOLDER... [--out DIR] [--probabilities]
-           [--max-side PIXELS] [--cpu | --gpu N]
-
-`--weights released` takes the reference release's weights of MODEL (fetched and verified
-if not yet in weights/released/). A FOLDER stands for the images in it (not its
-subfolders). Any image PIL reads: grey, palette, RGBA (transparency shown over white),
-CMYK, 16-bit; EXIF orientation is applied, so the labels line up with the picture as
-viewers show it. The model's deploy net takes one 3-channel input of any size: an RGB
-photo for most models, an HHA image for nyud-fcn32s-hha. Its mean is the one the model
-was trained with.
-
-Writes DIR/<image name>.png and DIR/<image name>_overlay.png, with --probabilities also
-DIR/<image name>_prob.npz (float32 softmax probabilities `prob`, classes x height x width,
-and the class names `classes`). With several heads (SIFT Flow) one set per head, suffixed
-by the head's label. Default DIR: runs/MODEL/infer (runs/released/MODEL/infer for the
-released weights).
-
-The net runs at the image's size, as the reference's did; VGG16 FCNs need several GB for a
-photo of a few megapixels. --max-side shrinks larger images for the net so that their
-longer side has that many pixels; the scores are then interpolated back to the image's
-size (bilinear) before the labels are taken.
+An image of any mode PIL reads is made 8-bit RGB (transparency over white, EXIF orientation
+applied), optionally shrunk so that its longer side fits `max_side`, mean-subtracted in
+the model's BGR order and forwarded at its own size, as the reference's nets were; the
+scores are brought back to the image's size (bilinear) before the argmax. `infer_files`
+writes a label PNG (the dataset's palette, class ids as pixel values), an overlay with a
+legend of the classes present and, if asked, the softmax probabilities of every image.
 """
 import importlib
 from pathlib import Path
@@ -34,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fcn.runtime import threads
 from fcn import pictures
 from fcn.nets import UsageError
-from fcn.evaluation import Progress
+from fcn.progress import Progress
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
                   '.pgm', '.pnm'}
@@ -164,7 +146,7 @@ def infer_files(net, heads, mean, paths, out_dir, class_names=None, probabilitie
     {head label: names} for the legends (default: class numbers)."""
     input_name = single_input(net, 'the net')
     written = []
-    progress = Progress(len(paths), label)
+    progress = Progress(label, len(paths))
     for path in paths:
         rgb = read_rgb(path)
         threads.adapt()
@@ -182,7 +164,7 @@ def infer_files(net, heads, mean, paths, out_dir, class_names=None, probabilitie
             if probabilities:
                 save_probabilities(out / f'{stem}_prob.npz', softmax(head_scores), names)
             written.append(out / f'{stem}.png')
-        progress.step()
+        progress.update()
     return written
 
 

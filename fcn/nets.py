@@ -1,6 +1,6 @@
 """Where a model's files are and what its data layers are told.
 
-The model table (`models.specs.MODELS`) names every model; its prototxts live in
+The model table (`models.registry.load().models`) names every model; its prototxts live in
 `models/<name>/`. The data layers are Python layers configured by JSON in
 `python_param.param_str`, so changing the split, the data directory or a training
 process's shard is an edit of that JSON in a copy of the prototxt, never of the file.
@@ -8,43 +8,33 @@ process's shard is an edit of that JSON in a copy of the prototxt, never of the 
 import importlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
+import sys
 from pathlib import Path
 
 # Caffe's environment (quiet glog) is read when Caffe is first imported; every tool
 # imports this module first, and this module sets it.
 from fcn.runtime import caffe_env  # noqa: F401
 
-from fcn import paths
-
-
-class UsageError(SystemExit):
-    """A problem the user can fix; the message names the file or value and what to do."""
-
-    def __init__(self, message):
-        super().__init__(f'error: {message}')
-
-
-def caffe_pb2():
-    from caffe.proto import caffe_pb2 as pb2
-    return pb2
+from fcn import caffemodel, paths
+from fcn.errors import UsageError
+from fcn.prototxt import data_layers, read_net, temporary_prototxt
+# The training code reads and writes solver files through this module.
 
 
 def model_spec(name):
-    """The model table's entry for `name`, with the known names in the error."""
+    """The model table's entry for `name` (models/registry.py); the error lists the known
+    models, or names the declaration of `name` that cannot be used and why."""
+    from models import registry
     try:
-        from models.specs import MODELS
-    except ImportError as e:
-        raise UsageError(f'cannot read the model table models/specs.py ({e})') from e
-    if name not in MODELS:
-        raise UsageError(f'unknown model {name!r}; known models: {", ".join(sorted(MODELS))}')
-    return MODELS[name]
+        return registry.load().spec(name)
+    except registry.UnknownModel as error:
+        raise UsageError(str(error)) from None
 
 
-def model_file(name, kind, models_dir=None):
-    """`models/<name>/<kind>.prototxt`, which must exist."""
-    path = Path(models_dir or paths.MODELS_DIR) / name / f'{kind}.prototxt'
+def model_file(name, variant, models_dir=None):
+    """`models/<name>/<variant>.prototxt` (variant: train, val, deploy or solver), which must
+    exist."""
+    path = Path(models_dir or paths.MODELS_DIR) / name / f'{variant}.prototxt'
     if not path.is_file():
         raise UsageError(f'{path} does not exist; generate the model files first '
                          f'(`make models`)')
@@ -66,34 +56,6 @@ def class_names(spec, head):
     return names
 
 
-def read_net(path):
-    from google.protobuf import text_format
-    net = caffe_pb2().NetParameter()
-    text_format.Merge(Path(path).read_text(), net)
-    return net
-
-
-def read_solver(path):
-    from google.protobuf import text_format
-    solver = caffe_pb2().SolverParameter()
-    text_format.Merge(Path(path).read_text(), solver)
-    return solver
-
-
-def write_text_proto(path, message):
-    """Write a prototxt atomically."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(str(message))
-    os.replace(tmp, path)
-
-
-def data_layers(net_param):
-    """The Python layers that take no bottoms: the nets' data layers."""
-    return [layer for layer in net_param.layer
-            if layer.type == 'Python' and not layer.bottom]
-
-
 def update_data_params(net_param, **updates):
     """Set keys of every data layer's JSON parameters (in place); None values are skipped."""
     updates = {k: v for k, v in updates.items() if v is not None}
@@ -102,18 +64,6 @@ def update_data_params(net_param, **updates):
         params.update(updates)
         layer.python_param.param_str = json.dumps(params)
     return net_param
-
-
-@contextmanager
-def temporary_prototxt(message, directory=None):
-    """A prototxt file holding `message` while the block runs (Caffe reads paths only)."""
-    fd, path = tempfile.mkstemp(suffix='.prototxt', dir=directory)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(str(message))
-        yield path
-    finally:
-        os.unlink(path)
 
 
 def set_data_dir(data_dir):
@@ -169,33 +119,91 @@ def weights_file(model, weights):
     return path
 
 
-def unfilled_layers(net):
-    """Layers whose parameters are all zero after loading weights: the reference nets'
-    deploy and val definitions fill nothing but the at-once skip scales, so these got
-    nothing from the weights file (it has no layer of that name)."""
-    return [name for name, blobs in net.params.items()
-            if not any(blob.data.any() for blob in blobs)]
+# Layer types whose parameters a prototxt can give values by itself: the field of their
+# parameters and each blob's filler, in blob order.
+FILLERS = {'Convolution': ('convolution_param', ('weight_filler', 'bias_filler')),
+           'Deconvolution': ('convolution_param', ('weight_filler', 'bias_filler')),
+           'InnerProduct': ('inner_product_param', ('weight_filler', 'bias_filler')),
+           'Scale': ('scale_param', ('filler', 'bias_filler')),
+           'Bias': ('bias_param', ('filler',))}
 
 
-def require_filled(net, model, weights):
-    """Stop unless every parameter layer of `net` took values from `weights`."""
-    missing = unfilled_layers(net)
-    if missing:
-        raise UsageError(f'{weights} has no weights for {len(missing)} layers of {model} '
-                         f'({", ".join(missing[:5])}{", ..." if len(missing) > 5 else ""}): '
-                         f'it is not a {model} model')
+def filled_by_definition(layer, blob_count):
+    """Whether a layer's definition alone gives its `blob_count` parameter blobs their
+    values: none is learned (lr_mult 0) and each has a filler, as the at-once nets' skip
+    scales (constant 0.01 and 0.0001). A weights file need not hold such a layer."""
+    if layer.type not in FILLERS or len(layer.param) < blob_count:
+        return False
+    field, fillers = FILLERS[layer.type]
+    return (blob_count <= len(fillers)
+            and all(spec.lr_mult == 0 for spec in layer.param[:blob_count])
+            and all(getattr(layer, field).HasField(name) for name in fillers[:blob_count]))
 
 
-def load_net(prototxt, weights=None, phase='test', data_updates=None):
-    """A caffe.Net from a prototxt, with data-layer parameter updates applied to a copy."""
+def listed(names, limit=8):
+    return ', '.join(names[:limit]) + (', ...' if len(names) > limit else '')
+
+
+def layers_without_weights(net, net_param, records, weights, prototxt):
+    """The parameter layers of `net` (made from `net_param`) that the weights file's layer
+    records (caffemodel.LayerRecord) hold nothing for, but those the definition fills. A
+    layer the file holds under a name of the net must have the net's blob shapes (Caffe
+    would end the process): else a WeightsFileError naming it."""
+    held = {}
+    for record in records:
+        held.setdefault(record.name, []).append(record.shapes)
+    definitions = {layer.name: layer for layer in net_param.layer}
+    missing = []
+    for name, layer in zip(net._layer_names, net.layers):
+        shapes = [tuple(blob.data.shape) for blob in layer.blobs]
+        if name not in held:
+            if shapes and not (name in definitions
+                               and filled_by_definition(definitions[name], len(shapes))):
+                missing.append(name)
+            continue
+        for file_shapes in held[name]:
+            if len(file_shapes) != len(shapes) or not all(
+                    map(caffemodel.shapes_match, file_shapes, shapes)):
+                raise caffemodel.WeightsFileError(
+                    f'{weights}: layer {name} holds blobs of shapes '
+                    f'{", ".join(map(str, file_shapes)) or "none"} where {prototxt} has '
+                    f'{", ".join(map(str, shapes)) or "none"}: the file holds another '
+                    f"net's weights; give weights trained for this net")
+    return missing
+
+
+def load_net(prototxt, weights=None, phase='test', data_updates=None,
+             allow_missing_layers=False, net_param=None):
+    """A caffe.Net of a prototxt, its data layers' parameters updated in a copy
+    (`data_updates`); `net_param`, the prototxt's definition as the caller read and edited
+    it, stands in for the file.
+
+    With `weights`, the way every tool loads a weights file: before Caffe reads it, the file
+    must be whole (caffemodel.checked_layers), the layers it holds under the net's names
+    must have the net's blob shapes, and it must hold every parameter layer of the net but
+    those the definition fills (`filled_by_definition`). Missing layers are refused unless
+    `allow_missing_layers`: then they keep the values the prototxt gives them, as a note on
+    standard error says."""
     import caffe
-    net_param = read_net(prototxt)
+    if net_param is None:
+        net_param = read_net(prototxt)
     if data_updates:
         update_data_params(net_param, **data_updates)
-    if weights is not None and not Path(weights).is_file():
-        raise UsageError(f'weights file {weights} does not exist')
-    phase = caffe.TEST if phase == 'test' else caffe.TRAIN
+    records = None if weights is None else caffemodel.checked_layers(weights)
     with temporary_prototxt(net_param) as path:
-        if weights is None:
-            return caffe.Net(path, phase)
-        return caffe.Net(path, str(weights), phase)
+        net = caffe.Net(path, caffe.TEST if phase == 'test' else caffe.TRAIN)
+    if weights is None:
+        return net
+    missing = layers_without_weights(net, net_param, records, weights, prototxt)
+    if missing:
+        what = (f'{weights} has no weights for {len(missing)} layers of {prototxt} '
+                f'({listed(missing)})')
+        if not allow_missing_layers:
+            raise caffemodel.WeightsFileError(
+                f"{what}: it holds another net's weights; give weights trained for this "
+                f'net, or let those layers keep what the prototxt fills them with '
+                f'(score.py and infer.py: --allow-missing-layers)')
+        print(f'note: {what}: they keep what the prototxt fills them with', file=sys.stderr,
+              flush=True)
+    net.copy_from(str(weights))
+    return net

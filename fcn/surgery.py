@@ -1,22 +1,14 @@
-#!/usr/bin/env python3
-"""Net surgery: carry a classifier's weights into a fully convolutional net, and fill
-upsampling layers with bilinear interpolation kernels.
-
-The one command makes the base weights every VGG16 or AlexNet FCN starts from:
-
-  surgery.py to-fcn --classifier models/vgg16/deploy.prototxt \\
-      --weights VGG_ILSVRC_16_layers.caffemodel \\
-      --fcn models/voc-fcn32s/deploy.prototxt --out vgg16-fcn.caffemodel
+"""Net surgery: a classifier's weights carried into a fully convolutional net, and
+upsampling layers filled with bilinear interpolation kernels (solve/surgery.py is the
+command that makes the FCNs' base weights).
 
 Layers of the same name are copied. A fully connected layer (InnerProduct) becomes the
-convolution of the same name by reshaping: an inner product over a CxHxW input is a
-HxW convolution with the same weights laid out the same way, so only the shape of the
-weight array changes, never its element count. The output keeps only the layers that
-received weights, so FCNs for any class count can start from it.
-
-The same rules initialise a net from any weights file when training starts (solve.py,
-`load_weights`), which is how a net is fine-tuned from another: score layers whose shapes
-differ (another class count) are re-initialised, and every decision is reported.
+convolution of the same name by a reshape: an inner product over a CxHxW input is an HxW
+convolution with the same weights in the same order, so only the weight array's shape
+changes, never its element count. `to_fcn` keeps only the layers that received weights,
+so FCNs of any class count can start from its output. `load_weights` applies the same
+rules when a training run starts from any weights file: score layers of another shape
+(another class count) are filled afresh, and every decision is reported.
 """
 import os
 import tempfile
@@ -26,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from fcn import caffemodel, pictures
-from fcn.nets import UsageError
+from fcn.prototxt import read_net
+from fcn.errors import UsageError
 
 
 class SurgeryError(ValueError):
@@ -72,7 +65,7 @@ def take(report, name, source_shapes, target_shapes, fresh_scores=False):
     """
     score = is_score_layer(name)
     same = len(source_shapes) == len(target_shapes) and all(
-        _shapes_match(old, new) for old, new in zip(source_shapes, target_shapes))
+        caffemodel.shapes_match(old, new) for old, new in zip(source_shapes, target_shapes))
     if score and (fresh_scores or not same):
         report.reinitialised.append(name)
         return None
@@ -174,13 +167,6 @@ def expand_score(new_net, new_layer, old_net, old_layer):
         new.data[:classes] = old.data
 
 
-def _shapes_match(file_shape, net_shape):
-    """Caffe's rule: an old 4-D shape matches a net shape padded to 4-D with leading 1s."""
-    if len(file_shape) == 4 and len(net_shape) < 4:
-        net_shape = (1,) * (4 - len(net_shape)) + tuple(net_shape)
-    return tuple(file_shape) == tuple(net_shape)
-
-
 def modality_suffix(net, modality):
     """The suffix a multi-modal net gives one modality's layers: "_hha" or "hha"."""
     for suffix in (f'_{modality}', modality):
@@ -190,7 +176,8 @@ def modality_suffix(net, modality):
 
 
 def load_weights(net, path, suffix='', fresh_scores=False):
-    """Initialise `net` from a caffemodel by layer name (Caffe's copy_from), checked first.
+    """Initialise `net` from a caffemodel by layer name (Caffe's copy_from), checked first:
+    the file as every tool checks it (caffemodel.checked_layers), then layer by layer.
 
     Each layer is taken as `take` decides: copied, coerced to the net's shapes, or (score
     layers for other classes) left to the net's fillers; any other mismatch is a
@@ -199,7 +186,7 @@ def load_weights(net, path, suffix='', fresh_scores=False):
     TransplantReport (`dropped`: file layers the net does not have).
     """
     path = Path(path)
-    layers = [layer for layer in read_caffemodel(path) if layer.shapes]
+    layers = [layer for layer in caffemodel.checked_layers(path) if layer.shapes]
     report = TransplantReport()
     copied, coerced = [], []
     for layer in layers:
@@ -241,18 +228,6 @@ def load_weights(net, path, suffix='', fresh_scores=False):
     return report
 
 
-def read_caffemodel(path):
-    """A caffemodel's layers (caffemodel.LayerRecord: names and blob shapes, not the
-    weights), or a SurgeryError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SurgeryError(f'weights file {path} does not exist')
-    try:
-        return caffemodel.read_layers(path)
-    except caffemodel.CaffemodelError as e:
-        raise SurgeryError(str(e)) from e
-
-
 def widen_input(net, layer, path, source_layer):
     """Initialise a first convolution that sees more input channels than the classifier's
     as the reference's NYUD colour-depth script does: its first input channels take the
@@ -263,7 +238,8 @@ def widen_input(net, layer, path, source_layer):
     ReLU passes no gradient at zero, and the net never learns from its input.
     """
     from caffe.io import blobproto_to_array
-    found = [record for record in read_caffemodel(path) if record.name == source_layer]
+    found = [record for record in caffemodel.checked_layers(path)
+             if record.name == source_layer]
     if not found:
         raise SurgeryError(f'{path} has no layer {source_layer} to initialise {layer} from')
     weights, bias = (blobproto_to_array(blob)
@@ -285,8 +261,7 @@ def single_image_net(prototxt, spatial=None):
     The deploy nets declare batches and image sizes that cost gigabytes of activations;
     surgery only needs the parameters.
     """
-    from fcn import nets
-    net_param = nets.read_net(prototxt)
+    net_param = read_net(prototxt)
 
     def shrink(shape):
         if len(shape.dim) == 4:
@@ -322,17 +297,16 @@ def save_layers(net, path, keep):
 
 
 def to_fcn(classifier, weights, fcn, out, suffix='', spatial=64):
-    """Make FCN base weights from a classifier; returns the TransplantReport."""
-    import caffe
+    """Make FCN base weights from a classifier; returns the TransplantReport. The
+    classifier's weights are loaded as every tool loads weights (nets.load_net): they must
+    be whole and hold every parameter layer of the classifier."""
     from fcn import nets
     for path, what in ((classifier, '--classifier'), (weights, '--weights'), (fcn, '--fcn')):
         if not Path(path).is_file():
             raise UsageError(f'{what} {path} does not exist')
-    with nets.temporary_prototxt(single_image_net(classifier)) as path:
-        print(f'loading the classifier {classifier} with {weights}', flush=True)
-        old_net = caffe.Net(path, str(weights), caffe.TEST)
-    with nets.temporary_prototxt(single_image_net(fcn, spatial)) as path:
-        new_net = caffe.Net(path, caffe.TEST)
+    print(f'loading the classifier {classifier} with {weights}', flush=True)
+    old_net = nets.load_net(classifier, weights, net_param=single_image_net(classifier))
+    new_net = nets.load_net(fcn, net_param=single_image_net(fcn, spatial))
     try:
         report = transplant(new_net, old_net, suffix)
     except SurgeryError as e:

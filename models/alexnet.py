@@ -38,24 +38,24 @@ def body(n, spec, image, conv1_pad):
     return n.pool5
 
 
-def fcn(spec, stage):
-    """FCN-AlexNet for a stage ('train', 'val', 'deploy') as a NetParameter."""
+def fcn(spec, variant):
+    """FCN-AlexNet for a variant ('train', 'val' or 'deploy') as a NetParameter."""
     n = caffe.NetSpec()
-    image, = parts.inputs(n, spec, stage).values()
+    image, = parts.inputs(n, spec, variant).values()
     pool5 = body(n, spec, image, FCN_PAD)
     fc_outputs = parts.scaled(parts.FC_OUTPUTS, spec.width)
     top = parts.conv_relu(n, 'fc6', 'relu6', pool5, fc_outputs, 6, None, spec.weight_filler,
                           pad=0, group=1, stride=1)
-    top = parts.dropout(n, 'drop6', top, stage)
+    top = parts.dropout(n, 'drop6', top, variant)
     top = parts.conv_relu(n, 'fc7', 'relu7', top, fc_outputs, 1, None, spec.weight_filler,
                           pad=0, group=1, stride=1)
-    top = parts.dropout(n, 'drop7', top, stage)
-    return parts.single_head_fcn(n, spec, stage, top, image, UPSCORE_KERNEL)
+    top = parts.dropout(n, 'drop7', top, variant)
+    return parts.single_head_fcn(n, spec, variant, top, image, UPSCORE_KERNEL)
 
 
-def classifier(spec, stage):
+def classifier(spec, variant):
     """The CaffeNet classifier: InnerProduct fc6/fc7/fc8 on an unpadded conv1."""
     n = caffe.NetSpec()
-    image, = parts.inputs(n, spec, stage).values()
+    image, = parts.inputs(n, spec, variant).values()
     pool5 = body(n, spec, image, CLASSIFIER_PAD)
-    return parts.fc_classifier(n, spec, stage, pool5, None)
+    return parts.fc_classifier(n, spec, variant, pool5, None)

@@ -1,9 +1,11 @@
 """Write every net's prototxts from the model table (`make models`).
 
-For each entry of `models.specs.MODELS`: models/<name>/{train,val,deploy,solver}.prototxt;
-for each of `BASE_NETS`: models/<name>/deploy.prototxt. The files are committed; `--check`
-(and the test suite) fails when one differs from what the generators emit, so edit
-models/specs.py or the builders, never the prototxts.
+For each model of the table (models/registry.py: the reference table and the declared
+models): models/<name>/{train,val,deploy,solver}.prototxt; for each of `BASE_NETS`:
+models/<name>/deploy.prototxt. The files are committed; `--check` (and the test suite)
+fails when one differs from what the generators emit, so edit models/specs.py (or a
+declaration) or the builders, never the prototxts. A declaration that cannot be used is
+reported on stderr and generates nothing; it changes no exit status.
 
     python -m models.generate             # write what changed
     python -m models.generate --check     # exit 1 listing files that are out of date
@@ -16,7 +18,9 @@ from pathlib import Path
 os.environ.setdefault('GLOG_minloglevel', '2')
 
 from models import alexnet, googlenet, parts, vgg16  # noqa: E402  (after quieting glog)
-from models.specs import BASE_NETS, LOCAL_MODELS, MODELS  # noqa: E402
+from models import declared, registry  # noqa: E402
+from models.specs import BASE_NETS  # noqa: E402
+from fcn.errors import UsageError, run_command  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
 BUILDERS = {
@@ -34,33 +38,32 @@ def header(path, source='models/specs.py'):
             f'# Do not edit: change the model table or the builders and regenerate.\n')
 
 
-def local_source(name):
-    """The declaration a local model's stage comes from (models/local/<family>.json)."""
-    for model in LOCAL_MODELS:
-        if any(stage.name == name for stage in model.stages):
-            return f'models/local/{model.path.name}'
-    return None
+def declared_source(name):
+    """The declaration a declared model's stage comes from (models/user/<family>.json), or
+    None for a model of models/specs.py."""
+    family = registry.load().family_of(name)
+    return declared.shown(family.path) if family else None
 
 
 def render(spec, source=None):
     """The files of one net: path relative to models/ -> text. `source` names where the
-    spec is declared, if not in models/specs.py (a local model's declaration)."""
+    spec is declared, if not in models/specs.py (a declared model's file)."""
     build = BUILDERS[spec.body, spec.task]
-    stages = ('deploy',) if spec.name in BASE_NETS else parts.STAGES
-    files = {f'{spec.name}/{stage}.prototxt': build(spec, stage) for stage in stages}
+    variants = ('deploy',) if spec.name in BASE_NETS else parts.VARIANTS
+    files = {f'{spec.name}/{variant}.prototxt': build(spec, variant) for variant in variants}
     if spec.name not in BASE_NETS:
         files[f'{spec.name}/solver.prototxt'] = parts.solver(spec)
-    source = source or local_source(spec.name)
+    source = source or declared_source(spec.name)
     return {path: (header(path, source) if source else header(path)) + str(message)
             for path, message in files.items()}
 
 
 def render_all(names=None):
-    """The files of the named nets (default: every net of both tables)."""
-    table = {**MODELS, **BASE_NETS}
+    """The files of the named nets (default: every model of the table and base net)."""
+    table = {**registry.load().models, **BASE_NETS}
     unknown = sorted(set(names or ()) - set(table))
     if unknown:
-        raise SystemExit(f'error: unknown model(s) {", ".join(unknown)}; '
+        raise UsageError(f'unknown model(s) {", ".join(unknown)}; '
                          f'known: {", ".join(sorted(table))}')
     files = {}
     for name in names or table:
@@ -69,8 +72,11 @@ def render_all(names=None):
 
 
 def stale_folders(models_dir=MODELS_DIR):
-    """Folders holding prototxts that no table entry generates any more."""
-    known = set(MODELS) | set(BASE_NETS)
+    """Folders holding prototxts that no table entry generates any more (a broken
+    declaration's folders are its own until it is mended or deleted)."""
+    table = registry.load()
+    known = set(table.models) | set(BASE_NETS) | {
+        name for problem in table.problems for name in problem.names}
     return sorted(path.parent.name for path in Path(models_dir).glob('*/*.prototxt')
                   if path.parent.name not in known)
 
@@ -93,7 +99,7 @@ def write(path, text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description='Generate models/<name>/*.prototxt from models/specs.py.')
+        description='Generate models/<name>/*.prototxt from the model table.')
     parser.add_argument('names', nargs='*', metavar='NAME',
                         help='nets to generate (default: all)')
     parser.add_argument('--check', action='store_true',
@@ -102,6 +108,8 @@ def main(argv=None):
                         help='where the model folders are (default: %(default)s)')
     args = parser.parse_args(argv)
 
+    for problem in registry.load().problems:
+        print(f'warning: {problem}', file=sys.stderr)
     files = render_all(args.names)
     changed = out_of_date(files, args.models_dir)
     stale = [] if args.names else stale_folders(args.models_dir)
@@ -124,4 +132,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

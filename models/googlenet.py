@@ -94,23 +94,23 @@ def body(n, spec, image, conv1_pad):
     return top
 
 
-def fcn(spec, stage):
-    """FCN-GoogLeNet for a stage ('train', 'val', 'deploy') as a NetParameter."""
+def fcn(spec, variant):
+    """FCN-GoogLeNet for a variant ('train', 'val' or 'deploy') as a NetParameter."""
     n = caffe.NetSpec()
-    image, = parts.inputs(n, spec, stage).values()
+    image, = parts.inputs(n, spec, variant).values()
     top = body(n, spec, image, FCN_PAD)
     # The classifier's dropout, now on the features the score layer reads.
-    top = parts.dropout(n, 'inception_5b/drop', top, stage, ratio=DROPOUT_RATIO)
-    return parts.single_head_fcn(n, spec, stage, top, image, UPSCORE_KERNEL)
+    top = parts.dropout(n, 'inception_5b/drop', top, variant, ratio=DROPOUT_RATIO)
+    return parts.single_head_fcn(n, spec, variant, top, image, UPSCORE_KERNEL)
 
 
-def classifier(spec, stage):
+def classifier(spec, variant):
     """The GoogLeNet classifier: 7x7 average pooling and InnerProduct loss3/classifier."""
     n = caffe.NetSpec()
-    image, = parts.inputs(n, spec, stage).values()
+    image, = parts.inputs(n, spec, variant).values()
     top = body(n, spec, image, CLASSIFIER_PAD)
     n['pool5/7x7_s1'] = L.Pooling(top, pool=P.Pooling.AVE, kernel_size=7, stride=1)
-    top = parts.dropout(n, 'pool5/drop_7x7_s1', n['pool5/7x7_s1'], stage,
+    top = parts.dropout(n, 'pool5/drop_7x7_s1', n['pool5/7x7_s1'], variant,
                         ratio=DROPOUT_RATIO)
-    parts.classifier_head(n, spec, stage, top, parts.LEARNED, spec.weight_filler)
+    parts.classifier_head(n, spec, variant, top, parts.LEARNED, spec.weight_filler)
     return parts.to_proto(n)

@@ -1,6 +1,6 @@
 """The pieces every body builder shares: inputs, score heads, losses, and the solver.
 
-A net is built for one of three stages:
+A net is built for one of three variants:
 
     train   the data layer on the training split, dropout, losses
     val     the same on the evaluation split (as the reference release, loss and dropout
@@ -18,7 +18,7 @@ from caffe.proto import caffe_pb2
 
 from models.coord import crop
 
-STAGES = ('train', 'val', 'deploy')
+VARIANTS = ('train', 'val', 'deploy')
 SEED = 1337
 IGNORE_LABEL = 255
 
@@ -82,10 +82,10 @@ def max_pool(bottom, ks, stride):
     return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks, stride=stride)
 
 
-def dropout(n, name, bottom, stage, ratio=0.5):
+def dropout(n, name, bottom, variant, ratio=0.5):
     """In-place dropout (0.5 unless the body's classifier used another ratio), left out of
     deploy nets; returns the top to build on."""
-    if stage == 'deploy':
+    if variant == 'deploy':
         return bottom
     n[name] = L.Dropout(bottom, dropout_ratio=ratio, in_place=True)
     return n[name]
@@ -117,37 +117,37 @@ def input_shapes(spec, size, labels=False):
     return shapes
 
 
-def data_source(spec, stage):
+def data_source(spec, variant):
     """The DataLayer of a train or val net."""
-    return spec.train_data if stage == 'train' else spec.val_data
+    return spec.train_data if variant == 'train' else spec.val_data
 
 
-def data_params(spec, stage):
+def data_params(spec, variant):
     """The JSON parameters of the data layer of a train or val net."""
-    params = dict(data_source(spec, stage).params)
-    params['split'] = spec.train_split if stage == 'train' else spec.val_split
+    params = dict(data_source(spec, variant).params)
+    params['split'] = spec.train_split if variant == 'train' else spec.val_split
     if spec.modalities:
         params['tops'] = list(spec.modalities) + list(label_tops(spec))
-    params['randomize'] = stage == 'train'
+    params['randomize'] = variant == 'train'
     params['seed'] = SEED
     if spec.task == 'classification':
         params['batch_size'] = spec.batch_size
     return params
 
 
-def inputs(n, spec, stage):
+def inputs(n, spec, variant):
     """Assign the input tops (images, and labels unless deploying); returns the image tops
     by name, in order."""
     images = image_tops(spec)
-    if stage == 'deploy':
+    if variant == 'deploy':
         shapes = input_shapes(spec, spec.deploy_size)
         names = images
         tops = L.Input(ntop=len(names), shape=[dict(dim=list(shapes[top])) for top in names])
     else:
-        module, layer = data_source(spec, stage).layer.rsplit('.', 1)
+        module, layer = data_source(spec, variant).layer.rsplit('.', 1)
         names = images + label_tops(spec)
         tops = L.Python(module=module, layer=layer, ntop=len(names),
-                        param_str=json.dumps(data_params(spec, stage)))
+                        param_str=json.dumps(data_params(spec, variant)))
     if len(names) == 1:
         tops = (tops,)
     for name, top in zip(names, tops):
@@ -181,7 +181,7 @@ def head_suffix(head):
 SKIPS = {32: (), 16: ('pool4',), 8: ('pool4', 'pool3')}
 
 
-def segmentation_head(n, spec, stage, index, head, coarse, pools, crop_to, kernel=None):
+def segmentation_head(n, spec, variant, index, head, coarse, pools, crop_to, kernel=None):
     """From a head's coarse score (stride 32) to its score top at input resolution.
 
     Each skip doubles the resolution: the coarse score is upsampled 2x and summed with the
@@ -210,7 +210,7 @@ def segmentation_head(n, spec, stage, index, head, coarse, pools, crop_to, kerne
     final = 'upscore' if factor == 32 else f'upscore{factor}'
     n[final + s] = upsample(coarse, classes, factor, kernel)
     n[head.score] = crop(n[final + s], crop_to)
-    if stage != 'deploy':
+    if variant != 'deploy':
         # The first head's loss is plain "loss", so that the solver reports it as such.
         loss = 'loss' if index == 0 else 'loss' + s
         n[loss] = L.SoftmaxWithLoss(n[head.score], n[head.label], loss_param=dict(
@@ -219,11 +219,11 @@ def segmentation_head(n, spec, stage, index, head, coarse, pools, crop_to, kerne
 
 # ---- classifier output -------------------------------------------------------------
 
-def classifier_head(n, spec, stage, bottom, param, filler=None):
+def classifier_head(n, spec, variant, bottom, param, filler=None):
     """fc8, then the loss and accuracy (train/val) or the softmax (deploy)."""
     head, = spec.heads
     n[head.score] = fully_connected(bottom, head.num_classes, param, filler)
-    if stage == 'deploy':
+    if variant == 'deploy':
         n.prob = L.Softmax(n[head.score])
     else:
         n.loss = L.SoftmaxWithLoss(n[head.score], n[head.label],
@@ -233,24 +233,24 @@ def classifier_head(n, spec, stage, bottom, param, filler=None):
 
 # ---- output ------------------------------------------------------------------------
 
-def fc_classifier(n, spec, stage, pool5, param):
+def fc_classifier(n, spec, variant, pool5, param):
     """An ILSVRC classifier's tail: InnerProduct fc6 and fc7 (4096 wide at width 1), each
     with ReLU and dropout, then the fc8 head."""
     outputs = scaled(FC_OUTPUTS, spec.width)
     top = fc_relu(n, 'fc6', 'relu6', pool5, outputs, param, spec.weight_filler)
-    top = dropout(n, 'drop6', top, stage)
+    top = dropout(n, 'drop6', top, variant)
     top = fc_relu(n, 'fc7', 'relu7', top, outputs, param, spec.weight_filler)
-    top = dropout(n, 'drop7', top, stage)
-    classifier_head(n, spec, stage, top, param, spec.weight_filler)
+    top = dropout(n, 'drop7', top, variant)
+    classifier_head(n, spec, variant, top, param, spec.weight_filler)
     return to_proto(n)
 
 
-def single_head_fcn(n, spec, stage, features, image, kernel):
+def single_head_fcn(n, spec, variant, features, image, kernel):
     """The one-head FCN tail: score_fr on the features, upsampled by `kernel` and cropped
     to the image."""
     head, = spec.heads
     n.score_fr = score_conv(features, head.num_classes)
-    segmentation_head(n, spec, stage, 0, head, n.score_fr, {}, crop_to=image, kernel=kernel)
+    segmentation_head(n, spec, variant, 0, head, n.score_fr, {}, crop_to=image, kernel=kernel)
     return to_proto(n)
 
 

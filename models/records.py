@@ -42,7 +42,7 @@ class ModelSpec:
 
     name        folder under models/
     dataset     'voc' | 'nyud' | 'siftflow' | 'pascalcontext' | 'toy' ('ilsvrc' for BASE_NETS,
-                'folder' for a dataset of one's own: models/local.py)
+                'folder' for a dataset of one's own: models/declared.py)
     body        'vgg16' | 'alexnet' | 'googlenet'
     stride      32 | 16 | 8: the output stride of the finest score fused (FCN-32s/16s/8s)
     heads       the outputs, each with its own score layers and loss

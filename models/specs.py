@@ -1,4 +1,5 @@
-"""The model table: every net of the project as data, one entry per folder `models/<name>/`.
+"""The reference table: every net of the project as data, one entry per folder
+`models/<name>/`.
 
 `MODELS` holds the fifteen reference FCNs of Long, Shelhamer and Darrell (CVPR 2015,
 PAMI 2016) and the toy nets of the embedded demo; each gets train, val, deploy and solver
@@ -6,7 +7,9 @@ prototxts. `BASE_NETS` holds the ILSVRC classifiers that surgery starts from; th
 deploy prototxt only. The builders (`models/vgg16.py`, `models/alexnet.py`) read nothing
 but these entries, and `make models` writes their output.
 
-Only `caffe`-free Python lives here, so any tool can read the table without Caffe.
+Only `caffe`-free Python lives here, so any tool can read the table without Caffe. The
+models a user declares (models/declared.py) join these in models/registry.py, the table
+the tools read; nothing here reads a user's file.
 """
 from models.records import Head, ModelSpec, data_layer
 
@@ -179,12 +182,3 @@ BASE_NETS = {spec.name: spec for spec in (
 
 MODELS = {spec.name: spec for spec in REFERENCE_MODELS + PAPER_MODELS + TOY_MODELS}
 
-
-# ---- local models: a user's own, declared as data -----------------------------------
-# solve/new_model.py writes models/local/<name>.json (git-ignored): a dataset of one's own
-# and a chain of stages, read here into MODELS so that every tool knows them.
-
-from models import declared  # noqa: E402  (builds its ModelSpecs from the classes above)
-
-LOCAL_MODELS = declared.read_all(taken=set(MODELS) | set(BASE_NETS))
-MODELS.update({spec.name: spec for model in LOCAL_MODELS for spec in model.stages})

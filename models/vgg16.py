@@ -46,23 +46,23 @@ def body(n, spec, image, conv1_1_pad, suffix=''):
     return pools
 
 
-def fcn_features(n, spec, stage, image, suffix=''):
+def fcn_features(n, spec, variant, image, suffix=''):
     """The body and fc6/fc7 as convolutions; returns the fc7 top and the pools."""
     pools = body(n, spec, image, fcn_pad(spec.fc6_kernel), suffix)
     fc_outputs = parts.scaled(parts.FC_OUTPUTS, spec.width)
     top = parts.conv_relu(n, 'fc6' + suffix, 'relu6' + suffix, pools['pool5'], fc_outputs,
                           spec.fc6_kernel, parts.LEARNED, spec.weight_filler, pad=0,
                           stride=1)
-    top = parts.dropout(n, 'drop6' + suffix, top, stage)
+    top = parts.dropout(n, 'drop6' + suffix, top, variant)
     top = parts.conv_relu(n, 'fc7' + suffix, 'relu7' + suffix, top, fc_outputs,
                           1, parts.LEARNED, spec.weight_filler, pad=0, stride=1)
-    return parts.dropout(n, 'drop7' + suffix, top, stage), pools
+    return parts.dropout(n, 'drop7' + suffix, top, variant), pools
 
 
-def fcn(spec, stage):
-    """The VGG16 FCN of `spec` for a stage ('train', 'val', 'deploy') as a NetParameter."""
+def fcn(spec, variant):
+    """The VGG16 FCN of `spec` for a variant ('train', 'val' or 'deploy') as a NetParameter."""
     n = caffe.NetSpec()
-    images = parts.inputs(n, spec, stage)
+    images = parts.inputs(n, spec, variant)
     if spec.fusion == 'late':
         # One body per modality, names suffixed by it (conv1_1color, ...); their coarse
         # scores are averaged, then upsampled as one.
@@ -71,28 +71,28 @@ def fcn(spec, stage):
             raise ValueError(f'{spec.name}: late fusion is defined for stride 32 only')
         scores = []
         for modality, image in images.items():
-            features, _ = fcn_features(n, spec, stage, image, suffix=modality)
+            features, _ = fcn_features(n, spec, variant, image, suffix=modality)
             n['score_fr' + modality] = parts.score_conv(features, head.num_classes)
             scores.append(n['score_fr' + modality])
         n.score_fused = L.Eltwise(*scores, operation=P.Eltwise.SUM,
                                   coeff=[1 / len(scores)] * len(scores))
-        parts.segmentation_head(n, spec, stage, 0, head, n.score_fused, {},
+        parts.segmentation_head(n, spec, variant, 0, head, n.score_fused, {},
                                 crop_to=next(iter(images.values())))
     else:
         if spec.fusion == 'early':
             n.data = L.Concat(*images.values())
-        features, pools = fcn_features(n, spec, stage, n.data)
+        features, pools = fcn_features(n, spec, variant, n.data)
         for index, head in enumerate(spec.heads):
             score_fr = 'score_fr' + parts.head_suffix(head)
             n[score_fr] = parts.score_conv(features, head.num_classes)
-            parts.segmentation_head(n, spec, stage, index, head, n[score_fr], pools,
+            parts.segmentation_head(n, spec, variant, index, head, n[score_fr], pools,
                                     crop_to=n.data)
     return parts.to_proto(n)
 
 
-def classifier(spec, stage):
+def classifier(spec, variant):
     """The VGG16 classifier: 3x3 convolutions padded by 1, InnerProduct fc6/fc7/fc8."""
     n = caffe.NetSpec()
-    image, = parts.inputs(n, spec, stage).values()
+    image, = parts.inputs(n, spec, variant).values()
     pools = body(n, spec, image, CLASSIFIER_PAD)
-    return parts.fc_classifier(n, spec, stage, pools['pool5'], parts.LEARNED)
+    return parts.fc_classifier(n, spec, variant, pools['pool5'], parts.LEARNED)

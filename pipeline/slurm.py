@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import make_rules
-from models.specs import MODELS
+from models import registry
 
+from fcn import runs
 from fcn.paths import REPO
 JOB_SCRIPT = 'pipeline/slurm-job.sh'
 # make's own bookkeeping, which would tell a make run by this one to act as its child.
@@ -148,22 +149,23 @@ def product_kind(name, db):
     if folder is None:
         return None
     rest = path.relative_to(folder).parts
-    if rest == ('final.caffemodel',):
+    if rest == (runs.FINAL_WEIGHTS,):
         return 'train'
-    if rest == ('score.json',):
+    if rest == (runs.SCORE,):
         shards = [p for p in db.targets[name].prerequisites if product_kind(p, db) == 'shard']
         return 'merge' if shards else 'score'
-    if len(rest) == 2 and rest[0] == 'score-shards' and rest[1].endswith('.npz'):
+    if len(rest) == 2 and rest[0] == runs.SCORE_SHARDS and rest[1].endswith('.npz'):
         return 'shard'
     return None
 
 
 def model_folder(name, db):
     """RUNS/MODEL for a file of a model's run folder, else None."""
-    runs = Path(db.variables['RUNS'])
+    runs_dir = Path(db.variables['RUNS'])
     path = Path(name)
-    if path.is_relative_to(runs) and path.relative_to(runs).parts[0] in MODELS:
-        return str(runs / path.relative_to(runs).parts[0])
+    if path.is_relative_to(runs_dir) and \
+            path.relative_to(runs_dir).parts[0] in registry.load().models:
+        return str(runs_dir / path.relative_to(runs_dir).parts[0])
     return None
 
 
@@ -274,7 +276,7 @@ def log_pattern(job):
         name = f'surgery-{Path(job.targets[0]).stem}-%j.log'
     else:
         name = f'{job.kind}-%j.log'
-    return str(Path(job.folder) / 'slurm' / name)
+    return str(runs.RunFolder(job.folder).slurm / name)
 
 
 def sbatch_command(job, settings, variables):
@@ -302,9 +304,9 @@ def sbatch_command(job, settings, variables):
     return command + job.targets + ['--'] + variables + device_variables(job, settings)
 
 
-def recorded_jobs(runs):
-    """{target: job id} from every chain record under `runs`, newest last."""
-    records = sorted(Path(REPO, runs).glob('**/slurm/chain.json'),
+def recorded_jobs(runs_dir):
+    """{target: job id} from every chain record under `runs_dir`, newest last."""
+    records = sorted(Path(REPO, runs_dir).glob(f'**/{runs.SLURM_DIR}/{runs.CHAIN_RECORD}'),
                      key=lambda path: path.stat().st_mtime)
     jobs = {}
     for record in records:
@@ -386,7 +388,7 @@ def submit(goals, variables, settings, dry_run=False, out=sys.stdout):
         if dry_run:
             print(shlex.join(command), file=out)
             continue
-        Path(REPO, job.folder, 'slurm').mkdir(parents=True, exist_ok=True)
+        runs.RunFolder(REPO / job.folder).slurm.mkdir(parents=True, exist_ok=True)
         job.job_id = sbatch(command)
         after = ' after ' + ','.join(a.job_id for a in job.after) if job.after else ''
         print(f'{job.job_id:>8}  {job.label}{after}: {" ".join(job.targets)}', file=out)
@@ -409,7 +411,7 @@ def record_chains(goals, db, jobs, variables):
                             'log': log_pattern(job).replace('%j', job.job_id)
                             .replace('%A', job.job_id).replace('%a', '*')}
                            for job in chain]}
-        path = Path(REPO, db.variables['RUNS'], goal, 'slurm', 'chain.json')
+        path = runs.run_folder(goal, REPO / db.variables['RUNS']).chain_record
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = path.with_name(f'.{path.name}.{os.getpid()}')
         scratch.write_text(json.dumps(record, indent=1))
@@ -418,11 +420,12 @@ def record_chains(goals, db, jobs, variables):
 
 # ---- status --------------------------------------------------------------------------
 
-def status(runs, out=sys.stdout):
-    """Every recorded chain under `runs`: each job, its state, its target, its log."""
-    records = sorted(Path(REPO, runs).glob('**/slurm/chain.json'))
+def status(runs_dir, out=sys.stdout):
+    """Every recorded chain under `runs_dir`: each job, its state, its target, its log."""
+    records = sorted(Path(REPO, runs_dir).glob(f'**/{runs.SLURM_DIR}/{runs.CHAIN_RECORD}'))
     if not records:
-        print(f'no chains submitted under {runs} (make cluster-MODEL submits one)', file=out)
+        print(f'no chains submitted under {runs_dir} (make cluster-MODEL submits one)',
+              file=out)
         return
     chains = [json.loads(record.read_text()) for record in records]
     states = job_states({job['job'] for chain in chains for job in chain['jobs']})
@@ -459,7 +462,7 @@ def models_with_data(launcher, variables):
     the launcher, e.g. in the container) sees the data root."""
     root = read_plan(['help'], variables, launcher).variables['DATA_ROOT']
     stamps = {name: make_rules.data_stamp(spec).replace('$(DATA_ROOT)', root)
-              for name, spec in MODELS.items()}
+              for name, spec in registry.load().models.items()}
     check = [*launcher, 'sh', '-c', 'for f; do [ -e "$f" ] && echo "$f"; done', 'sh',
              *sorted(set(stamps.values()))]
     result = subprocess.run(check, capture_output=True, text=True, env=make_environment())
@@ -512,9 +515,12 @@ def main(argv=None):
         kept_out = set(args.settings.split()) | {'GPU', 'GPUS'}
         variables = [word for word in args.words
                      if '=' in word and word.split('=')[0] not in kept_out]
-        unknown = [goal for goal in goals if goal not in MODELS]
-        if unknown:
-            raise ClusterError(f'no model {", ".join(unknown)} in models/specs.py')
+        table = registry.load()
+        for goal in goals:
+            try:
+                table.spec(goal)
+            except registry.UnknownModel as error:
+                raise ClusterError(str(error)) from None
         settings = Settings(args.gpus_per_job, args.cpus_per_job, args.partition, args.account,
                             args.time_limit, args.stop_before,
                             tuple(shlex.split(args.sbatch_flags)), tuple(shlex.split(args.exec)))

@@ -18,11 +18,10 @@ each from the previous stage's final weights, each scored on the val split by sc
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from fcn import nets, paths, pictures
-from fcn.nets import UsageError
+from fcn.errors import UsageError, run_command
 from fcn.reports import demo
 
 def main(argv=None):
@@ -56,4 +55,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

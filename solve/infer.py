@@ -7,8 +7,10 @@ present, at the image's own size.
            [--max-side PIXELS] [--cpu | --gpu N]
 
 `--weights released` takes the reference release's weights of MODEL (fetched and verified
-if not yet in weights/released/). A FOLDER stands for the images in it (not its
-subfolders). Any image PIL reads: grey, palette, RGBA (transparency shown over white),
+if not yet in weights/released/). Weights are checked before Caffe reads them: a file cut
+short or of another kind is refused, and so are weights lacking layers of MODEL's net
+(another model's) unless --allow-missing-layers. A FOLDER stands for the images in it
+(not its subfolders). Any image PIL reads: grey, palette, RGBA (transparency shown over white),
 CMYK, 16-bit; EXIF orientation is applied, so the labels line up with the picture as
 viewers show it. The model's deploy net takes one 3-channel input of any size: an RGB
 photo for most models, an HHA image for nyud-fcn32s-hha. Its mean is the one the model
@@ -26,17 +28,17 @@ longer side has that many pixels; the scores are then interpolated back to the i
 size (bilinear) before the labels are taken.
 """
 import argparse
-import sys
 from pathlib import Path
 
-from fcn import inference, nets, paths
+from fcn import inference, nets, runs
+from fcn.errors import run_command
 
 
 def main(argv=None):
     from fcn.runtime import devices
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('model', help='model name (models/specs.py)')
+    parser.add_argument('model', help='model name (models/specs.py or models/user/)')
     parser.add_argument('images', nargs='+', metavar='IMAGE|FOLDER')
     parser.add_argument('--weights', required=True,
                         help='trained weights (.caffemodel), or "released" for the reference '
@@ -47,6 +49,10 @@ def main(argv=None):
                         help='also write per-class probabilities (<name>_prob.npz)')
     parser.add_argument('--max-side', type=int, metavar='PIXELS',
                         help='shrink larger images for the net to this longer side')
+    parser.add_argument('--allow-missing-layers', action='store_true',
+                        help="run even if the weights lack some of the net's layers (they "
+                        "keep what the prototxt fills them with, zeros for most); without "
+                        "it such weights, another net's, are refused")
     devices.add_device_args(parser)
     args = parser.parse_args(argv)
     spec = nets.model_spec(args.model)
@@ -55,13 +61,12 @@ def main(argv=None):
         parser.error('--max-side must be a positive number of pixels')
     devices.select_device(args)
     weights = nets.weights_file(args.model, args.weights)
-    net = nets.load_net(nets.model_file(args.model, 'deploy'), weights)
+    net = nets.load_net(nets.model_file(args.model, 'deploy'), weights,
+                        allow_missing_layers=args.allow_missing_layers)
     released = args.weights == nets.RELEASED
-    if released:
-        nets.require_filled(net, args.model, weights)
     inference.single_input(net, args.model)
-    out = args.out or (paths.RUNS_DIR / nets.RELEASED / args.model / 'infer' if released
-                       else paths.RUNS_DIR / args.model / 'infer')
+    out = args.out or (runs.released_folder(args.model) if released
+                       else runs.run_folder(args.model)).infer
     names = {h.label: nets.class_names(spec, h) for h in spec.heads}
     inference.infer_files(net, spec.heads, inference.input_mean(spec), images,
                           out, names, args.probabilities,
@@ -70,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

@@ -5,19 +5,19 @@
                [--base-lr X[,X...]] [--max-iter N[,N...]] ...   then: make NAME
 
 checks the dataset as `make data-check` does (data/check.py), then writes
-models/local/NAME.json, the declaration models/specs.py reads into the model table, and
-the prototxts of its stages NAME-fcn32s, NAME-fcn16s, NAME-fcn8s (or NAME-fcn8s-atonce)
-under models/, through the generators every net goes through. `make NAME` then checks the
-data, trains the stages in turn and scores the last; solve.py, score.py and infer.py take
-the stage names like any model's. Declarations and their folders are git-ignored (a
-.gitignore in each folder; `git add -f` to commit them).
+models/user/NAME.json, the declaration every tool reads beside the reference table
+(models/registry.py), and the prototxts of its stages NAME-fcn32s, NAME-fcn16s, NAME-fcn8s
+(or NAME-fcn8s-atonce) under models/, through the generators every net goes through.
+`make NAME` then checks the data, trains the stages in turn and scores the last; solve.py,
+score.py and infer.py take the stage names like any model's. Declarations and their
+folders are git-ignored (a .gitignore in each folder; `git add -f` to commit them).
 
 SOURCE, what training starts from:
   vgg16, caffenet, googlenet  an ILSVRC classifier, carried into the FCN by surgery (`make`
                               makes the base weights from the downloaded classifier)
   toy-vgg16                   the demo's toy classifier (`make` trains it if absent)
-  MODEL                       an FCN of the table, reference or local (a local NAME means
-                              its last stage): its final weights runs/MODEL/final.caffemodel,
+  MODEL                       an FCN of the table, reference or declared (a declared NAME
+                              means its last stage): its final weights runs/MODEL/final.caffemodel,
                               or the file --from-weights names, or with `--from-weights
                               released` the reference release's weights of MODEL (`make`
                               fetches them)
@@ -43,9 +43,11 @@ import sys
 import time
 from pathlib import Path
 
-from fcn import nets, paths
-from fcn.nets import UsageError
+from fcn import nets, runs
+from fcn.errors import UsageError, run_command
 from fcn.paths import REPO
+from models import declared, registry
+from models.declared import stage_name
 
 # The base weights surgery makes from each classifier (the Makefile's weights/ rules).
 CLASSIFIER_BASE_WEIGHTS = {'vgg16': 'vgg16-fcn', 'caffenet': 'alexnet-fcn',
@@ -64,11 +66,6 @@ SOLVER_OPTIONS = {'solver_type': str, 'normalize_loss': bool, 'base_lr': float,
                   'test_every': int}
 # Solver values copied from the recipe as they are (editable in the declaration).
 RECIPE_FIELDS = ('lr_policy', 'power', 'weight_decay')
-NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*$')
-
-
-def stage_name(name, key):
-    return f'{name}-fcn8s-atonce' if key == 'atonce' else f'{name}-fcn{key}s'
 
 
 def make_targets():
@@ -84,11 +81,12 @@ def resolve_source(name, weights_file):
 
     A classifier starts the chain from its FCN base weights; an FCN from its final weights
     or `weights_file`."""
-    from models.specs import BASE_NETS, LOCAL_MODELS, MODELS
-    families = {model.name: model.stages[-1].name for model in LOCAL_MODELS}
+    table = registry.load()
+    models = table.models
+    families = {model.name: model.stages[-1].name for model in table.declared}
     name = families.get(name, name)
-    classifier = BASE_NETS.get(name) or (MODELS[name] if name in MODELS
-                                         and MODELS[name].task == 'classification' else None)
+    classifier = table.base_nets.get(name) or (
+        models[name] if name in models and models[name].task == 'classification' else None)
     if classifier is not None:
         if weights_file:
             raise UsageError(f'--from-weights: {name} is a classifier, whose FCN base weights '
@@ -97,11 +95,14 @@ def resolve_source(name, weights_file):
             raise UsageError(f'--from {name}: no rule makes FCN base weights from it; '
                              f'start from one of {", ".join(CLASSIFIER_BASE_WEIGHTS)}')
         return classifier, CLASSIFIER_BASE_WEIGHTS[name], None, None
-    if name not in MODELS:
+    if name not in models:
+        problem = table.problem_for(name)
+        if problem is not None:
+            raise UsageError(f'--from {name}: {problem.why_not(name)}')
         raise UsageError(f'--from {name}: neither a classifier '
                          f'({", ".join(CLASSIFIER_BASE_WEIGHTS)}) nor a model (known: '
-                         f'{", ".join(sorted(MODELS))})')
-    spec = MODELS[name]
+                         f'{", ".join(sorted(models))})')
+    spec = models[name]
     if len(spec.modalities) > 1:
         raise UsageError(f'--from {name}: it takes {" + ".join(spec.modalities)} inputs; '
                          f'start from a net on one 3-channel image')
@@ -170,7 +171,7 @@ def stages(args, body, keys, first_init, fresh_scores):
             'fresh_scores': fresh_scores and index == 0,
             **{field: getattr(recipe, field) for field in (*SOLVER_OPTIONS, *RECIPE_FIELDS)},
             # The run's length: what the reference's script ran (max_iter of the solver
-            # file unless it said otherwise); a local model's solver says it as it is.
+            # file unless it said otherwise); a declared model's solver says it as it is.
             'max_iter': recipe.iterations or recipe.max_iter})
     for option, kind in SOLVER_OPTIONS.items():
         text = getattr(args, option)
@@ -212,24 +213,28 @@ def declaration(args, report):
 # ---- writing ------------------------------------------------------------------------
 
 def check_name(name, force):
-    from models.specs import BASE_NETS, LOCAL_MODELS, MODELS
-    if not NAME_PATTERN.match(name):
-        raise UsageError(f'{name!r}: a model name is letters, digits, ".", "_" and "-", '
-                         f'starting with a letter or digit')
+    """The declaration of `name` that a new one replaces (a DeclaredModel, or a Problem:
+    a file that cannot be used), or None."""
+    if not declared.NAME_PATTERN.match(name):
+        raise UsageError(f'{name!r}: a model name is {declared.NAME_RULE}')
     if name in make_targets():
         raise UsageError(f'{name!r} is a target of the Makefile; choose another name')
-    own = next((model for model in LOCAL_MODELS if model.name == name), None)
-    if own is not None and not force:
-        raise UsageError(f'{name} is declared already ({own.path}); give --force to declare '
-                         f'it again (its runs are kept aside)')
+    table = registry.load()
+    path = declared.user_dir() / f'{name}.json'
+    own = next((model for model in table.declared if model.path == path), None)
+    broken = next((problem for problem in table.problems if problem.path == path), None)
+    if (own or broken) and not force:
+        state = f', which cannot be used: {broken.reason}' if broken else ''
+        raise UsageError(f'{name} is declared already ({declared.shown(path)}{state}); give '
+                         f'--force to declare it again (its runs are kept aside)')
     own_stages = {stage.name for stage in own.stages} if own else set()
-    taken = (set(MODELS) - own_stages) | set(BASE_NETS) | {
-        model.name for model in LOCAL_MODELS if model is not own}
-    clashes = sorted(taken & {name, *(stage_name(name, key) for key in (*STRIDES, 'atonce'))})
+    taken = (set(table.models) - own_stages) | set(table.base_nets) | {
+        model.name for model in table.declared if model is not own}
+    clashes = sorted(taken & {name, *(stage_name(name, key) for key in declared.STAGE_STRIDES)})
     if clashes:
         raise UsageError(f'{name!r}: {", ".join(clashes)} is a model already; choose another '
                          f'name')
-    return own
+    return own or broken
 
 
 def write_json(path, data):
@@ -240,21 +245,26 @@ def write_json(path, data):
 
 
 def retire(previous, names):
-    """Move the runs and prototxt folders of a former declaration aside or away: its
-    weights are not this model's (nothing is deleted but generated prototxts)."""
+    """Move the runs and prototxt folders of a former declaration (a DeclaredModel, or a
+    Problem: the stage names it may have given) aside or away: its weights are not this
+    model's (nothing is deleted but generated prototxts)."""
     import shutil
     from models import generate
+    family = previous.path.stem
+    stages = ([stage.name for stage in previous.stages]
+              if isinstance(previous, declared.DeclaredModel)
+              else sorted(previous.names - {family}))
     stamp = time.strftime('%Y%m%d-%H%M%S')
-    for stage in previous.stages:
-        run = paths.RUNS_DIR / stage.name
+    for stage in stages:
+        run = runs.run_folder(stage).path
         if run.exists():
-            aside = run.with_name(f'{stage.name}.replaced-{stamp}')
+            aside = run.with_name(f'{stage}.replaced-{stamp}')
             os.replace(run, aside)
             print(f'moved {run} aside to {aside}')
-        folder = generate.MODELS_DIR / stage.name
-        if stage.name not in names and folder.is_dir():
+        folder = generate.MODELS_DIR / stage
+        if stage not in names and folder.is_dir():
             shutil.rmtree(folder)
-    (paths.RUNS_DIR / previous.name / 'data-check.json').unlink(missing_ok=True)
+    runs.run_folder(family).data_check.unlink(missing_ok=True)
 
 
 def write_model(model, data):
@@ -265,15 +275,15 @@ def write_model(model, data):
     for spec in model.stages:
         folder = generate.MODELS_DIR / spec.name
         new = not folder.is_dir()  # a folder that exists keeps what git was told about it
-        for file, text in generate.render(spec, f'models/local/{path.name}').items():
+        for file, text in generate.render(spec, declared.shown(path)).items():
             generate.write(generate.MODELS_DIR / file, text)
         if new:
             (folder / '.gitignore').write_text(
-                f'# A local model ({path.relative_to(REPO)}): `git add -f` to commit it.\n*\n')
+                f'# A declared model ({declared.shown(path)}): `git add -f` to commit it.\n*\n')
 
 
 def describe(model, data, path):
-    yield (f'declared {model.name} in {path.relative_to(REPO)}: {len(model.classes)} classes '
+    yield (f'declared {model.name} in {declared.shown(path)}: {len(model.classes)} classes '
            f'({", ".join(model.classes)}) on {data["data"]} ({data["layout"]} layout)')
     yield (f'  body {data["body"]} at width {data["width"]:g} (fc6 {data["fc6_kernel"]}x'
            f'{data["fc6_kernel"]}), from {data["source"]}; mean (B G R) '
@@ -326,7 +336,6 @@ def build_parser():
 
 def main(argv=None):
     from data.check import check
-    from models import declared as local
     args = build_parser().parse_args(argv)
     for option, text in (('mean', args.mean), ('deploy_size', args.deploy_size)):
         count = 3 if option == 'mean' else 2
@@ -349,11 +358,11 @@ def main(argv=None):
         raise UsageError(f'the dataset {args.data} has {len(report.errors)} error(s): fix '
                          f'them first (make data-check DATA={args.data})')
     data = declaration(args, report)
-    path = local.LOCAL_DIR / f'{args.name}.json'
+    path = declared.user_dir() / f'{args.name}.json'
     try:
-        model = local.from_dict(args.name, data, path)  # every value checked before writing
-    except local.LocalModelError as error:
-        raise UsageError(error.message.replace(f'{path}: ', '', 1)) from None
+        model = declared.from_dict(args.name, data, path)  # every value checked before writing
+    except declared.DeclarationError as error:
+        raise UsageError(error.reason) from None
     if previous is not None:
         retire(previous, {stage.name for stage in model.stages})
     write_model(model, data)
@@ -363,4 +372,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from fcn import paths, pictures
+from fcn.errors import run_command
 from fcn.reports import reproduction
 
 def main(argv=None):
@@ -35,4 +36,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)

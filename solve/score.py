@@ -14,6 +14,10 @@ Three ways in:
 `--shard i/n` scores the i-th of n contiguous blocks of the images and `--save-hist`
 keeps its histogram, so one split can be scored on several machines and merged.
 
+MODEL's weights are checked before Caffe reads them: a file cut short or of another kind
+is refused, and so are weights lacking layers of the model's val net (another model's)
+unless --allow-missing-layers.
+
 Missing classes: by default a class with neither ground truth nor predictions is left
 out of the means, as the reference code computes; `--ignore-absent` (and every head the
 model table marks so, e.g. SIFT Flow's semantic labels) also leaves out classes that
@@ -22,7 +26,8 @@ have predictions but no ground truth pixels, which the reference wrongly counted
 import argparse
 from pathlib import Path
 
-from fcn import evaluation, nets, paths
+from fcn import evaluation, nets, runs
+from fcn.errors import run_command
 
 
 def print_summary(document_results):
@@ -43,10 +48,9 @@ def score_model(args):
     split = args.split or spec.val_split
     weights = nets.weights_file(args.model, args.weights)
     net = nets.load_net(nets.model_file(args.model, 'val'), weights,
-                            data_updates={'split': args.split})
+                        data_updates={'split': args.split},
+                        allow_missing_layers=args.allow_missing_layers)
     released = args.weights == nets.RELEASED
-    if released:
-        nets.require_filled(net, args.model, weights)
     ids = nets.split_ids(net)
     hists = evaluation.score_net(net, spec.heads, ids, args.shard, args.save_dir,
                       label=f'score {args.model} {split}', limit=args.images)
@@ -59,15 +63,15 @@ def score_model(args):
         extra['images'] = args.images
     if args.shard != (0, 1):
         extra['shard'] = f'{args.shard[0]}/{args.shard[1]}'
-    shard = '' if args.shard == (0, 1) else f'-shard{args.shard[0]}of{args.shard[1]}'
+    shard = None if args.shard == (0, 1) else args.shard
     if released:
         # The released weights' score on the model's own split is what make and the
         # reproduction report read.
-        name = 'score.json' if (split, shard) == (spec.val_split, '') else \
-            f'score-{split}{shard}.json'
-        default = paths.RUNS_DIR / nets.RELEASED / args.model / name
+        folder = runs.released_folder(args.model)
+        default = folder.score() if (split, shard) == (spec.val_split, None) else \
+            folder.score(split, shard)
     else:
-        default = paths.RUNS_DIR / args.model / f'score-{split}{shard}.json'
+        default = runs.run_folder(args.model).score(split, shard)
     return hists, names, ignore, extra, args.json or default
 
 
@@ -75,10 +79,14 @@ def build_parser():
     from fcn.runtime import devices
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('model', nargs='?', help='model name (models/specs.py)')
+    parser.add_argument('model', nargs='?', help='model name (models/specs.py or models/user/)')
     parser.add_argument('--weights', help='trained weights (.caffemodel), or "released" for '
                         "the reference release's weights of MODEL (fetched if absent)")
     parser.add_argument('--split', help="split to score (default: the model's val split)")
+    parser.add_argument('--allow-missing-layers', action='store_true',
+                        help="MODEL: score even if the weights lack some of the net's layers "
+                        "(they keep what the prototxt fills them with, zeros for most); "
+                        "without it such weights, another net's, are refused")
     parser.add_argument('--images', type=int, metavar='N',
                         help='score only the first N images of the split (a quick look)')
     parser.add_argument('--data-dir', help='data root (default: $FCN_DATA_DIR or data/)')
@@ -135,4 +143,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train an FCN model of the table (models/specs.py) with Caffe's solver.
+"""Train an FCN model of the table (models/specs.py, models/user/) with Caffe's solver.
 
   solve.py MODEL [--cpu | --gpu N | --gpus 0,1,...] [--weights W] [--resume STATE|auto]
            [--init-from reference|final|best] [--steps N] [--test-every N] [--data-dir D]
@@ -12,7 +12,8 @@ what the table's `init` names: the final weights of the previous stage
 (runs/<prev>/final.caffemodel), base weights made by surgery (weights/<name>.caffemodel),
 or both nets of a late fusion at the snapshots the reference took; `--weights` overrides
 it. A first convolution renamed for a wider input (NYUD colour-depth) is then filled from
-conv1_1, and every upsampling (Deconvolution) layer with bilinear kernels. Between steps
+conv1_1 when the weights hold conv1_1 but not it (base weights, named by the table or by
+--weights), and every upsampling (Deconvolution) layer with bilinear kernels. Between steps
 the val net, sharing the training net's weights, is scored; losses go to
 runs/MODEL/train_log.csv, scores to val_log.json, and both to loss.png and mean_iu.png.
 
@@ -27,11 +28,10 @@ shard the training set by rank and rank 0 alone scores, logs and snapshots.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from fcn import nets
-from fcn.nets import UsageError
+from fcn.errors import UsageError, run_command
 from fcn.training import start
 
 
@@ -39,7 +39,7 @@ def build_parser():
     from fcn.runtime import devices
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('model', help='model name (models/specs.py)')
+    parser.add_argument('model', help='model name (models/specs.py or models/user/)')
     devices.add_device_args(parser, multi_gpu=True)
     parser.add_argument('--weights', type=Path, metavar='W',
                         help="start from these weights instead of the table's init")
@@ -95,13 +95,13 @@ def main(argv=None):
         return 0
     nets.set_data_dir(args.data_dir)
     devices.select_device(args)
-    stage = start.stage_for_model(args.model, args.run_dir, args.weights, args.resume,
+    training = start.training_run(args.model, args.run_dir, args.weights, args.resume,
                             args.init_from, iterations=args.iterations, steps=args.steps,
                             test_every=args.test_every,
                             snapshot_every=args.snapshot_every, val_images=args.val_images,
                             keep_snapshots=args.keep_snapshots)
-    return start.run(stage, args.gpus)
+    return start.launch(training, args.gpus)
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

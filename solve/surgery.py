@@ -19,10 +19,10 @@ The same rules initialise a net from any weights file when training starts (solv
 differ (another class count) are re-initialised, and every decision is reported.
 """
 import argparse
-import sys
 from pathlib import Path
 
 from fcn import surgery
+from fcn.errors import run_command
 
 
 def main(argv=None):
@@ -46,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

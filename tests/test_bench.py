@@ -17,13 +17,13 @@ from PIL import Image
 
 import caffe
 from caffe import layers as L, params as P
-from fcn import paths
+from fcn import paths, prototxt
 from fcn.runtime import caffe_env
 from bench import __main__ as bench_main, contention, dataload, nets, report
 from bench.__main__ import relative_difference
 from bench.flops import net_flops
 
-pb = nets.caffe_pb2()
+pb = prototxt.caffe_pb2()
 
 
 def tiny_fcn(train, classes=3, depth=0):
@@ -115,7 +115,7 @@ def test_input_fed_replaces_the_data_layer_and_solver_for_drops_tests(tmp_path):
     with pytest.raises(ValueError, match='label'):
         nets.input_fed(tiny_fcn(True), {'data': (1, 3, 20, 24)})
     folder = write_tiny_model(tmp_path / 'tiny', depth=0)
-    solver = nets.solver_for(nets.read_solver(folder / 'solver.prototxt'), tmp_path / 't.pt')
+    solver = nets.solver_for(prototxt.read_solver(folder / 'solver.prototxt'), tmp_path / 't.pt')
     assert solver.train_net == str(tmp_path / 't.pt')
     assert not solver.test_net and not solver.test_iter and not solver.snapshot
     assert solver.momentum == pytest.approx(0.9)
@@ -184,7 +184,7 @@ def test_torch_reimplementation_matches_caffe(tmp_path):
     definition = nets.input_fed(tiny_fcn(True), {'data': (1, 3, 20, 24),
                                                  'label': (1, 1, 20, 24)})
     path = tmp_path / 'train.prototxt'
-    nets.write_message(definition, path)
+    prototxt.write_text_proto(path, definition)
     net = caffe.Net(str(path), caffe.TEST)
     weights = nets.random_weights({f'{name}/{i}': blob.data.shape for name, blobs
                                    in net.params.items() for i, blob in enumerate(blobs)}, 3)
@@ -389,7 +389,7 @@ def torch_or_skip():
 def caffe_net_and_weights(definition, tmp_path, seed):
     """A Caffe TEST net of `definition` holding seeded random weights, and those weights."""
     path = tmp_path / 'net.prototxt'
-    nets.write_message(definition, path)
+    prototxt.write_text_proto(path, definition)
     net = caffe.Net(str(path), caffe.TEST)
     weights = nets.random_weights({f'{name}/{i}': blob.data.shape for name, blobs
                                    in net.params.items() for i, blob in enumerate(blobs)}, seed)

@@ -182,6 +182,17 @@ def test_mkl_named_but_missing_is_an_error_that_says_what_to_do(tmp_path):
         caffe_env.choose_blas({'FCN_BLAS': 'mkl'}, write(tmp_path, AMD), tmp_path / 'empty')
 
 
+def test_mkl_named_but_missing_stops_a_command_in_one_line(tmp_path, clean_env):
+    """The choice is made when a command imports the library, before its main runs."""
+    env = dict(clean_env, FCN_BLAS='mkl', FCN_CAFFE_CACHE=str(tmp_path / 'empty'))
+    done = subprocess.run([sys.executable, 'solve/infer.py', '--help'], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ''
+    said, = done.stderr.splitlines()
+    assert said.startswith(f'error: FCN_BLAS=mkl, but MKL is not ready in '
+                           f'{tmp_path / "empty" / "blas" / "mkl"}: make it ready')
+
+
 # --- made ready by `make caffe` --------------------------------------------------------
 
 def test_prepare_on_other_cpus_fetches_nothing(tmp_path, monkeypatch, capsys):

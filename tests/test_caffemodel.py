@@ -88,10 +88,10 @@ def test_a_file_cut_short_is_an_error_naming_it(weights, tmp_path):
 def test_solver_states_are_read_and_renamed_as_caffe_reads_them(tmp_path):
     """A snapshot's state names its weights by bare name; a copy naming them by their
     absolute path (appended: the last value of a field wins) restores in Caffe."""
-    stage = trainer.Stage(name='tiny', solver=stress.write_model(tmp_path / 'model', max_iter=3,
-                                                                  snapshot=3),
-                          run_dir=tmp_path / 'run', heads=stress.heads(), test_every=0)
-    assert trainer.train(stage, trainer.StopRequest())
+    solver = stress.write_model(tmp_path / 'model', max_iter=3, snapshot=3)
+    training = trainer.TrainingRun(name='tiny', solver=solver, run_dir=tmp_path / 'run',
+                                   heads=stress.heads(), test_every=0)
+    assert trainer.train(training, trainer.StopRequest())
     state = tmp_path / 'run' / 'snapshots' / 'tiny_iter_3.solverstate'
     assert caffemodel.read_state(state) == (3, 'tiny_iter_3.caffemodel')
     message = caffe_pb2.SolverState.FromString(state.read_bytes())

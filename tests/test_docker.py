@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import container
+from fcn.errors import UsageError
 from fcn.runtime import devices
+from pipeline import container
 
 from fcn.paths import REPO
 DOCKERFILE = REPO / 'Dockerfile'
@@ -271,7 +272,7 @@ def test_multi_gpu_training_stops_when_shared_memory_is_short(tmp_path):
     stats = os.statvfs(tmp_path)
     free = stats.f_bavail * stats.f_frsize
     too_much = free + (1 << 30)
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(UsageError) as error:
         devices.check_shared_memory([0, 1], shm=tmp_path, minimum=too_much)
     message = str(error.value)
     assert '--gpus 0,1' in message and str(tmp_path) in message
@@ -279,7 +280,7 @@ def test_multi_gpu_training_stops_when_shared_memory_is_short(tmp_path):
     assert devices.SHARED_MEMORY_ADVICE in message and '--ipc=host' in message
     devices.check_shared_memory([0, 1], shm=tmp_path, minimum=1)
     devices.check_shared_memory([3], shm=tmp_path, minimum=too_much)  # one GPU: no NCCL peers
-    with pytest.raises(SystemExit, match='cannot be used'):
+    with pytest.raises(UsageError, match='cannot be used'):
         devices.check_shared_memory([0, 1], shm=tmp_path / 'missing')
 
 

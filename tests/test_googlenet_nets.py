@@ -19,9 +19,9 @@ SIZES = [(1, 1), (1, 9), (2, 2), (17, 31), (32, 32), (33, 33), (63, 64), (97, 75
          (224, 224), (375, 500), (500, 375), (500, 500)]
 
 
-def read_net(name, stage):
+def read_net(name, variant):
     net = caffe_pb2.NetParameter()
-    text_format.Merge((MODELS_DIR / name / f'{stage}.prototxt').read_text(), net)
+    text_format.Merge((MODELS_DIR / name / f'{variant}.prototxt').read_text(), net)
     return net
 
 

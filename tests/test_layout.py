@@ -43,8 +43,9 @@ def project_files():
 
 def imported_top_level(modules):
     python = str(SYSTEM_PYTHON) if SYSTEM_PYTHON.exists() else sys.executable
-    result = subprocess.run([python, '-I', '-S', '-c', ISOLATED_IMPORT, str(REPO), ','.join(PACKAGES),
-                             ','.join(modules)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([python, '-I', '-S', '-c', ISOLATED_IMPORT, str(REPO),
+                             ','.join(PACKAGES), ','.join(modules)],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return set(json.loads(result.stdout))
 

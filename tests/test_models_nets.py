@@ -55,9 +55,9 @@ def spec_of(name):
     return {**MODELS, **BASE_NETS}[name]
 
 
-def read_net(name, stage):
+def read_net(name, variant):
     net = caffe_pb2.NetParameter()
-    text_format.Merge((MODELS_DIR / name / f'{stage}.prototxt').read_text(), net)
+    text_format.Merge((MODELS_DIR / name / f'{variant}.prototxt').read_text(), net)
     return net
 
 
@@ -100,12 +100,12 @@ def parameter_counts(net, net_param):
     return learned, fixed
 
 
-@pytest.mark.parametrize('stage', ['train', 'val'])
+@pytest.mark.parametrize('variant', ['train', 'val'])
 @pytest.mark.parametrize('name', sorted(MODELS))
-def test_train_and_val_nets_instantiate(name, stage, tmp_path):
+def test_train_and_val_nets_instantiate(name, variant, tmp_path):
     spec = MODELS[name]
-    phase = caffe.TRAIN if stage == 'train' else caffe.TEST
-    net = instantiate(with_input_layer(read_net(name, stage), spec, (40, 30)), tmp_path, phase)
+    phase = caffe.TRAIN if variant == 'train' else caffe.TEST
+    net = instantiate(with_input_layer(read_net(name, variant), spec, (40, 30)), tmp_path, phase)
     losses = {'loss'} | {'loss' + parts.head_suffix(h) for h in spec.heads[1:]}
     assert losses <= set(net.outputs)
     assert any(layer.type == 'Dropout' for layer in net.layers)
@@ -117,8 +117,8 @@ def test_data_layers_follow_the_contract(name):
     keys = {'voc': {'voc_dir'}, 'sbdd': {'sbdd_dir'}, 'nyud': {'nyud_dir', 'tops'},
             'siftflow': {'siftflow_dir'}, 'pascalcontext': {'voc_dir', 'context_dir'},
             'toy': {'toy_dir', 'batch_size'}, 'folder': {'data_dir', 'layout', 'classes'}}
-    for stage, split in (('train', spec.train_split), ('val', spec.val_split)):
-        data, = [layer for layer in read_net(name, stage).layer if layer.type == 'Python']
+    for variant, split in (('train', spec.train_split), ('val', spec.val_split)):
+        data, = [layer for layer in read_net(name, variant).layer if layer.type == 'Python']
         module = data.python_param.module
         assert module.startswith('layers.')
         params = json.loads(data.python_param.param_str)
@@ -128,7 +128,7 @@ def test_data_layers_follow_the_contract(name):
         assert set(params) == keys[source] | {'split', 'randomize', 'seed'} | (
             {'mean'} if has_mean else set())
         assert (params['split'], params['randomize'], params['seed']) == (
-            split, stage == 'train', 1337)
+            split, variant == 'train', 1337)
         if has_mean:
             assert len(params['mean']) == 3 and all(isinstance(v, float) for v in params['mean'])
         if 'tops' in params:

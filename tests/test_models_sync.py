@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 import caffe.coord_map
-from models import generate, parts
+from models import generate, parts, registry
 from models.specs import BASE_NETS, MODELS
 
 
@@ -19,7 +19,7 @@ def test_committed_files_match_the_generators(files):
 
 
 def test_every_net_has_its_files(files):
-    expected = {f'{name}/{kind}.prototxt' for name in MODELS
+    expected = {f'{name}/{kind}.prototxt' for name in registry.load().models
                 for kind in ('train', 'val', 'deploy', 'solver')}
     expected |= {f'{name}/deploy.prototxt' for name in BASE_NETS}
     assert set(files) == expected

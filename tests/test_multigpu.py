@@ -68,12 +68,12 @@ def test_nccl_broadcasts_then_reduces_every_iteration():
                       ('after_backward', nccl)]
 
 
-def record_rank(stage, gpus, rank, uid, stop):
+def record_rank(training, gpus, rank, uid, stop):
     """A stand-in for multigpu.run_rank: note what this process was given."""
-    Path(stage.run_dir, f'rank{rank}').write_text(f'{gpus[rank]} {len(gpus)} {uid.decode()}')
+    Path(training.run_dir, f'rank{rank}').write_text(f'{gpus[rank]} {len(gpus)} {uid.decode()}')
 
 
-def failing_rank(stage, gpus, rank, uid, stop):
+def failing_rank(training, gpus, rank, uid, stop):
     """Rank 1 dies; rank 0 would wait for it forever (as in an NCCL all-reduce)."""
     if rank == 1:
         sys.exit(3)
@@ -81,7 +81,7 @@ def failing_rank(stage, gpus, rank, uid, stop):
 
 
 def fake_stage(tmp_path):
-    return trainer.Stage(name='tiny', solver=tmp_path / 'solver.prototxt', run_dir=tmp_path,
+    return trainer.TrainingRun(name='tiny', solver=tmp_path / 'solver.prototxt', run_dir=tmp_path,
                          heads=stress.heads())
 
 
@@ -130,10 +130,10 @@ def test_only_rank_0_validates_logs_and_snapshots(tmp_path):
     import caffe
     caffe.set_mode_cpu()
     solver_path = stress.write_model(tmp_path / 'model', max_iter=12, snapshot=4)
-    stage = trainer.Stage(name='tiny', solver=solver_path, run_dir=tmp_path / 'run',
+    training = trainer.TrainingRun(name='tiny', solver=solver_path, run_dir=tmp_path / 'run',
                           heads=stress.heads())
-    solver, original = trainer.build_solver(stage)
-    runner = trainer.Trainer(solver, stage, 1, original)
+    solver, original = trainer.build_solver(training)
+    runner = trainer.Trainer(solver, training, 1, original)
     runner.start()
     assert runner.run(trainer.StopRequest())
     assert solver.iter == 12

@@ -17,7 +17,7 @@ import caffe
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from fcn import inference, paths
+from fcn import caffemodel, inference, paths
 from solve import infer as infer_command
 from fcn import nets
 from solve import report
@@ -104,17 +104,18 @@ def test_released_weights_load_by_name_into_deploy_and_val_nets(model, tmp_path)
     weights = tmp_path / 'released.caffemodel'
     written = write_released(weights, model)
     spec = MODELS[model]
-    for stage in ('deploy', 'val'):
-        net_param = read_net(folder / f'{stage}.prototxt')
-        if stage == 'val':
+    for variant in ('deploy', 'val'):
+        net_param = read_net(folder / f'{variant}.prototxt')
+        if variant == 'val':
             net_param = with_input_layer(net_param, spec, (9, 11))
-        (tmp_path / stage).mkdir()
-        net = instantiate(net_param, tmp_path / stage, weights)
+        (tmp_path / variant).mkdir()
+        net = instantiate(net_param, tmp_path / variant, weights)
         assert set(net.params) == set(written)
         for name, arrays in written.items():
             for blob, array in zip(net.params[name], arrays):
                 np.testing.assert_array_equal(blob.data, array)
-        assert nets.unfilled_layers(net) == []
+        assert nets.layers_without_weights(net, net_param, caffemodel.checked_layers(weights),
+                                           weights, folder / f'{variant}.prototxt') == []
 
 
 # ---- fetching --------------------------------------------------------------------------
@@ -251,8 +252,8 @@ def test_released_weights_lacking_layers_are_refused(tmp_path, served, monkeypat
     narrow_files(tmp_path / 'models', 'voc-fcn16s')
     make_voc(tmp_path / 'data/pascal/VOC2011', {'seg11valid': ['2008_000001']})
     monkeypatch.setenv('FCN_DATA_DIR', str(tmp_path / 'data'))
-    with pytest.raises(UsageError, match=r'has no weights for 1 layers of voc-fcn16s '
-                                         r'\(score_pool4\): it is not a voc-fcn16s model'):
+    with pytest.raises(UsageError, match=r'has no weights for 1 layers of .*voc-fcn16s/val'
+                                         r'\.prototxt \(score_pool4\): it holds another '):
         score_command.main(['voc-fcn16s', '--weights', 'released', '--cpu'])
 
 

@@ -111,7 +111,8 @@ def test_shards_merge_into_the_unsharded_result(tmp_path, capsys):
     for index in range(3):
         shards.append(tmp_path / f'shard{index}.npz')
         score_command.main(common + ['--shard', f'{index}/3', '--save-hist', str(shards[-1])])
-    score_command.main(['--merge'] + [str(p) for p in shards] + ['--json', str(tmp_path / 'm.json')])
+    score_command.main(['--merge'] + [str(p) for p in shards]
+                       + ['--json', str(tmp_path / 'm.json')])
     whole = json.loads((tmp_path / 'whole.json').read_text())
     merged = json.loads((tmp_path / 'm.json').read_text())
     for key in evaluation.METRIC_KEYS:

@@ -14,7 +14,7 @@ import pytest
 
 import caffe
 
-from fcn import nets, paths
+from fcn import nets, paths, prototxt, runs
 from fcn.training import start
 from solve import solve as solve_command
 from checks import stress
@@ -26,7 +26,7 @@ caffe.set_mode_cpu()
 
 def tiny_stage(tmp_path, **settings):
     solver = stress.write_model(tmp_path / 'model', max_iter=20, snapshot=10)
-    return trainer.Stage(name='tiny', solver=solver, run_dir=tmp_path / 'run',
+    return trainer.TrainingRun(name='tiny', solver=solver, run_dir=tmp_path / 'run',
                          heads=stress.heads(), **settings)
 
 
@@ -43,14 +43,14 @@ def params_of(weights):
 
 
 def test_training_validates_logs_and_snapshots(tmp_path, capsys):
-    stage = tiny_stage(tmp_path)
-    assert trainer.train(stage, trainer.StopRequest())
-    run = stage.run_dir
+    training = tiny_stage(tmp_path)
+    assert trainer.train(training, trainer.StopRequest())
+    run = training.run_dir
     states = sorted((run / 'snapshots').glob('*.solverstate'))
-    assert [trainer.snapshot_iteration(s) for s in states] == [10, 20]
+    assert [runs.snapshot_iteration(s) for s in states] == [10, 20]
     assert (run / 'final.caffemodel').read_bytes() == \
         (run / 'snapshots' / 'tiny_iter_20.caffemodel').read_bytes()
-    assert not any((run / trainer.SCRATCH_DIR).iterdir())  # nothing half-written left
+    assert not any((run / '.snapshot-scratch').iterdir())  # nothing half-written left
     assert log_iterations(run) == list(range(1, 21))
     validations = json.loads((run / 'val_log.json').read_text())
     assert [v['iteration'] for v in validations] == [10, 20]
@@ -59,7 +59,7 @@ def test_training_validates_logs_and_snapshots(tmp_path, capsys):
     for plot in ('loss.png', 'mean_iu.png'):
         assert (run / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     # Caffe is given absolute net paths and never snapshots by itself
-    param = nets.read_solver(run / 'solver.prototxt')
+    param = prototxt.read_solver(run / 'solver.prototxt')
     assert Path(param.train_net).is_absolute() and param.snapshot == 0
     # upsampling was filled with bilinear kernels and stayed fixed (lr_mult 0)
     upscore = params_of(run / 'final.caffemodel')['upscore'][0].reshape(3, 3, 4, 4)
@@ -84,9 +84,10 @@ def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signals):
         from checks import stress
         from fcn.training import start, trainer
         caffe.set_mode_cpu()
-        stage = trainer.Stage(name='tiny', solver={str(solver)!r}, run_dir={str(tmp_path / 'run')!r},
-                              heads=stress.heads(), test_every=0)
-        sys.exit(start.run(stage))
+        training = trainer.TrainingRun(name='tiny', solver={str(solver)!r},
+                                       run_dir={str(tmp_path / 'run')!r}, heads=stress.heads(),
+                                       test_every=0)
+        sys.exit(start.launch(training))
     ''')
     process = subprocess.Popen([sys.executable, '-c', child],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -101,15 +102,15 @@ def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signals):
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
     assert 'stopped by' in out
-    state = trainer.latest_snapshot(tmp_path / 'run')
-    stopped_at = trainer.snapshot_iteration(state)
+    state = runs.RunFolder(tmp_path / 'run').latest_snapshot()
+    stopped_at = runs.snapshot_iteration(state)
     assert stopped_at >= 29
     assert log_iterations(tmp_path / 'run')[-1] == stopped_at
 
-    stage = trainer.Stage(name='tiny', solver=solver, run_dir=tmp_path / 'run',
+    training = trainer.TrainingRun(name='tiny', solver=solver, run_dir=tmp_path / 'run',
                           heads=stress.heads(), resume=state, steps=5, test_every=0)
-    solver_obj, original = trainer.build_solver(stage)
-    runner = trainer.Trainer(solver_obj, stage, 0, original)
+    solver_obj, original = trainer.build_solver(training)
+    runner = trainer.Trainer(solver_obj, training, 0, original)
     runner.start()
     assert solver_obj.iter == stopped_at
     saved = params_of(state.with_suffix('.caffemodel'))
@@ -122,14 +123,14 @@ def test_a_signal_snapshots_and_resume_continues_there(tmp_path, signals):
 
 
 def test_keep_snapshots_and_resume_auto(tmp_path):
-    stage = tiny_stage(tmp_path, keep_snapshots=1, snapshot_every=5, test_every=0)
-    assert trainer.train(stage, trainer.StopRequest())
-    states = list((stage.run_dir / 'snapshots').glob('*'))
+    training = tiny_stage(tmp_path, keep_snapshots=1, snapshot_every=5, test_every=0)
+    assert trainer.train(training, trainer.StopRequest())
+    states = list((training.run_dir / 'snapshots').glob('*'))
     assert sorted(p.name for p in states) == ['tiny_iter_20.caffemodel',
                                               'tiny_iter_20.solverstate']
-    assert trainer.latest_snapshot(stage.run_dir) == stage.run_dir / 'snapshots' / \
+    assert training.folder.latest_snapshot() == training.run_dir / 'snapshots' / \
         'tiny_iter_20.solverstate'
-    assert trainer.latest_snapshot(tmp_path / 'elsewhere') is None
+    assert runs.RunFolder(tmp_path / 'elsewhere').latest_snapshot() is None
 
 
 def test_initial_weights_follow_the_model_table(tmp_path, monkeypatch):
@@ -153,26 +154,29 @@ def test_initial_weights_follow_the_model_table(tmp_path, monkeypatch):
         start.init_weights(fusion)
     for name, iteration in (('nyud-fcn32s-color', 28000), ('nyud-fcn32s-hha', 60000)):
         (runs / name / 'snapshots' / f'{name}_iter_{iteration}.caffemodel').write_bytes(b'')
-    fused = start.init_weights(fusion)
-    assert fused == ((runs / 'nyud-fcn32s-color/snapshots/nyud-fcn32s-color_iter_28000'
+    fused = [(file.weights, file.modality) for file in start.init_weights(fusion)]
+    assert fused == [(runs / 'nyud-fcn32s-color/snapshots/nyud-fcn32s-color_iter_28000'
                       '.caffemodel', 'color'),
                      (runs / 'nyud-fcn32s-hha/snapshots/nyud-fcn32s-hha_iter_60000'
-                      '.caffemodel', 'hha'))
-    assert [path for path, _ in start.init_weights(fusion, init_from='final')] == \
+                      '.caffemodel', 'hha')]
+    assert [file.weights for file in start.init_weights(fusion, init_from='final')] == \
         [runs / 'nyud-fcn32s-color/final.caffemodel', runs / 'nyud-fcn32s-hha/final.caffemodel']
     # --init-from best: the best-scored iteration whose snapshot still exists
+    with pytest.raises(nets.UsageError, match=r'--init-from best: \S+/nyud-fcn32s-color/'
+                       r'val_log.json does not exist: train nyud-fcn32s-color first'):
+        start.init_weights(fusion, init_from='best')
     for name, scores in (('nyud-fcn32s-color', {26000: 0.31, 28000: 0.30, 30000: 0.35}),
                          ('nyud-fcn32s-hha', {58000: 0.2, 60000: 0.25})):
         (runs / name / 'val_log.json').write_text(json.dumps(
             [{'iteration': i, 'label': {'mean_iu': m}} for i, m in scores.items()]))
-    assert [path.name for path, _ in start.init_weights(fusion, init_from='best')] == \
+    assert [file.weights.name for file in start.init_weights(fusion, init_from='best')] == \
         ['nyud-fcn32s-color_iter_28000.caffemodel', 'nyud-fcn32s-hha_iter_60000.caffemodel']
     (runs / 'nyud-fcn32s-color/snapshots/nyud-fcn32s-color_iter_30000.caffemodel').write_bytes(b'')
-    assert start.init_weights(fusion, init_from='best')[0][0].name == \
+    assert start.init_weights(fusion, init_from='best')[0].weights.name == \
         'nyud-fcn32s-color_iter_30000.caffemodel'
     assert start.init_weights(MODELS['toy-vgg16']) == ()
-    assert start.init_weights(MODELS['voc-fcn32s'], 'mine.caffemodel') == \
-        ((Path('mine.caffemodel'), ''),)
+    mine, = start.init_weights(MODELS['voc-fcn32s'], 'mine.caffemodel')
+    assert (mine.weights, mine.modality) == (Path('mine.caffemodel'), '')
 
 
 def test_command_line_errors_are_clear():

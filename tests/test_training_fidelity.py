@@ -4,7 +4,7 @@ iteration 0.
 
 The expectations are written from the reference's published solver files and solve
 scripts (and the paper's recipe for FCN-GoogLeNet), never read from the generators.
-Initialisation runs the project's own path (start.stage_for_model, trainer.Trainer.start)
+Initialisation runs the project's own path (start.training_run, trainer.Trainer.start)
 on stand-in weights made here: random ILSVRC classifiers carried over by the project's
 surgery, random earlier stages. Every model is checked at 1/16 of its width on an input of
 its dataset's real size (the properties do not depend on width); one model per body is
@@ -189,8 +189,8 @@ def write_nets(folder, spec):
     (iter_size 1): a single pass shows where gradients flow."""
     folder.mkdir(parents=True, exist_ok=True)
     for path, text in generate.render(replace(spec, iter_size=1)).items():
-        stage = Path(path).stem
-        if stage in ('train', 'val'):
+        variant = Path(path).stem
+        if variant in ('train', 'val'):
             net = caffe_pb2.NetParameter()
             text_format.Merge(text, net)
             text = str(with_input_layer(net, spec, (64, 64)))
@@ -231,14 +231,16 @@ def narrow_base(tmp_path_factory):
     return get
 
 
-def started(name, tmp_path, monkeypatch, base, width=NARROW, init_from='reference'):
+def started(name, tmp_path, monkeypatch, base, width=NARROW, init_from='reference',
+            weights=None):
     """Model `name` at `width` after the project's initialisation, from stand-in files
-    where the table says it starts: (spec, stage, solver, {source file: suffix})."""
+    where the table says it starts, or from the file `weights` (solve.py --weights):
+    (spec, training, solver)."""
     spec = narrow(MODELS[name], width)
     runs, weights_dir = tmp_path / 'runs', tmp_path / 'weights'
     monkeypatch.setattr(paths, 'RUNS_DIR', runs)
     monkeypatch.setattr(paths, 'WEIGHTS_DIR', weights_dir)
-    for source in start.init_sources(MODELS[name], init_from):
+    for source in start.init_files(MODELS[name], init_from=init_from):
         if source.weights.is_relative_to(weights_dir):
             source.weights.parent.mkdir(parents=True, exist_ok=True)
             source.weights.symlink_to(base(source.weights.stem))
@@ -248,11 +250,11 @@ def started(name, tmp_path, monkeypatch, base, width=NARROW, init_from='referenc
             random_net_file(tmp_path / 'nets' / model / 'deploy.prototxt', source.weights,
                             seed=len(model))
     solver_path = write_nets(tmp_path / 'nets' / name, spec)
-    stage = replace(start.stage_for_model(name, run_dir=tmp_path / 'run', init_from=init_from),
-                    solver=solver_path)
-    solver, original = trainer.build_solver(stage)
-    trainer.Trainer(solver, stage, 0, original).start()
-    return spec, stage, solver
+    training = replace(start.training_run(name, run_dir=tmp_path / 'run', weights=weights,
+                                          init_from=init_from), solver=solver_path)
+    solver, original = trainer.build_solver(training)
+    trainer.Trainer(solver, training, 0, original).start()
+    return spec, training, solver
 
 
 def file_layers(path):
@@ -280,10 +282,10 @@ def learnable(net, name):
     return layer.type not in ('Deconvolution', 'Scale')
 
 
-def check_initialisation(name, spec, stage, solver, size):
+def check_initialisation(name, spec, training, solver, size):
     net = solver.net
     copied = set()
-    for weights, modality in stage.init:
+    for weights, modality in training.init:
         suffix = surgery.modality_suffix(net, modality) if modality else ''
         for layer, blobs in file_layers(weights).items():
             target = layer + suffix
@@ -296,7 +298,7 @@ def check_initialisation(name, spec, stage, solver, size):
     if spec.first_conv != 'conv1_1':
         # The reference's colour-depth script: conv1_1's weights on the BGR channels,
         # their mean over those channels on depth, conv1_1's bias.
-        (source, _), = stage.init
+        (source, _), = training.init
         conv1_1, bias = file_layers(source)['conv1_1']
         weights, filled_bias = (blob.data for blob in net.params[spec.first_conv])
         np.testing.assert_array_equal(weights[:, :3], conv1_1)
@@ -326,8 +328,8 @@ def check_initialisation(name, spec, stage, solver, size):
 
 @pytest.mark.parametrize('name', SEGMENTATION)
 def test_initialisation_is_the_references(name, tmp_path, monkeypatch, narrow_base):
-    spec, stage, solver = started(name, tmp_path, monkeypatch, narrow_base)
-    check_initialisation(name, spec, stage, solver, REAL_SIZE[spec.dataset])
+    spec, training, solver = started(name, tmp_path, monkeypatch, narrow_base)
+    check_initialisation(name, spec, training, solver, REAL_SIZE[spec.dataset])
 
 
 @pytest.mark.parametrize('name', ['nyud-fcn32s-color-d', 'voc-fcn-alexnet',
@@ -336,10 +338,73 @@ def test_initialisation_at_full_width(name, tmp_path, monkeypatch):
     """One model per body with classifiers of the real shapes (VGG16 138 M, CaffeNet 61 M,
     GoogLeNet 7 M parameters), on a small input: the properties hold at full size."""
     base = tmp_path / 'base'
-    spec, stage, solver = started(name, tmp_path, monkeypatch,
+    spec, training, solver = started(name, tmp_path, monkeypatch,
                                 lambda weights: base_weights(base, weights, 1), width=1)
     assert spec.width == 1
-    check_initialisation(name, spec, stage, solver, (48, 64))
+    check_initialisation(name, spec, training, solver, (48, 64))
+
+
+# ---- the colour-depth net's first convolution ----------------------------------------------
+
+COLOUR_DEPTH = 'nyud-fcn32s-color-d'
+FILL = [{'from': 'conv1_1', 'layer': 'conv1_1_bgrd'}]
+
+
+def first_conv(solver):
+    return [blob.data.copy() for blob in solver.net.params['conv1_1_bgrd']]
+
+
+def test_colour_depth_is_filled_from_the_base_weights_however_they_are_named(
+        tmp_path, monkeypatch, narrow_base):
+    """The reference's colour-depth script starts from the VGG16 base weights: conv1_1's
+    weights on the BGR channels, their mean over those channels on depth, conv1_1's bias,
+    whether the table names the base weights or solve.py --weights gives the same file."""
+    base = narrow_base('vgg16-fcn')
+    conv1_1, bias = file_layers(base)['conv1_1']
+    filled = {}
+    for way, weights in (('table', None), ('--weights', base)):
+        _, training, solver = started(COLOUR_DEPTH, tmp_path / way.strip('-'), monkeypatch,
+                                   narrow_base, weights=weights)
+        assert training.widen_input == (('conv1_1', 'conv1_1_bgrd'),), way
+        assert start.plan(COLOUR_DEPTH, weights)['widen_input'] == FILL, way
+        filled[way] = weights_now, bias_now = first_conv(solver)
+        np.testing.assert_array_equal(weights_now[:, :3], conv1_1, err_msg=way)
+        np.testing.assert_allclose(weights_now[:, 3], conv1_1.mean(axis=1), rtol=1e-6,
+                                   err_msg=way)
+        assert weights_now[:, 3].any(), f'{way}: the depth channel starts at zero'
+        np.testing.assert_array_equal(bias_now, bias, err_msg=way)
+    for table, given in zip(filled['table'], filled['--weights']):
+        np.testing.assert_array_equal(table, given)
+
+
+def test_a_net_whose_first_convolution_is_conv1_1_is_never_filled(tmp_path, monkeypatch,
+                                                                 narrow_base):
+    base = narrow_base('vgg16-fcn')
+    _, training, solver = started('nyud-fcn32s-color', tmp_path, monkeypatch, narrow_base,
+                               weights=base)
+    assert training.widen_input == ()
+    assert start.plan('nyud-fcn32s-color', base)['widen_input'] == []
+    conv1_1, _ = file_layers(base)['conv1_1']
+    np.testing.assert_array_equal(solver.net.params['conv1_1'][0].data, conv1_1)
+
+
+def test_weights_holding_the_colour_depth_convolution_are_kept(tmp_path, monkeypatch,
+                                                               narrow_base):
+    """A snapshot of the colour-depth net itself (--weights) holds conv1_1_bgrd: it is
+    loaded as it is, never refilled from a conv1_1."""
+    _, _, solver = started(COLOUR_DEPTH, tmp_path / 'first', monkeypatch, narrow_base)
+    rng = np.random.default_rng(5)
+    for blob in solver.net.params['conv1_1_bgrd']:
+        blob.data[...] = rng.normal(0, 1, blob.data.shape)
+    snapshot = tmp_path / 'snapshot.caffemodel'
+    solver.net.save(str(snapshot))
+    trained = [blob.data.copy() for blob in solver.net.params['conv1_1_bgrd']]
+    _, training, again = started(COLOUR_DEPTH, tmp_path / 'again', monkeypatch, narrow_base,
+                              weights=snapshot)
+    assert training.widen_input == ()
+    assert start.plan(COLOUR_DEPTH, snapshot)['widen_input'] == []
+    for saved, loaded in zip(trained, first_conv(again)):
+        np.testing.assert_array_equal(loaded, saved)
 
 
 # ---- iteration 0 of a stage that starts from another --------------------------------------
@@ -395,12 +460,12 @@ CHAINS = [('voc-fcn32s', 'voc-fcn16s'), ('voc-fcn16s', 'voc-fcn8s'),
 @pytest.mark.parametrize('coarse, fine', CHAINS)
 def test_a_finer_stage_starts_as_the_coarser_net(coarse, fine, tmp_path, monkeypatch,
                                                  narrow_base):
-    spec, stage, solver = started(fine, tmp_path, monkeypatch, narrow_base)
+    spec, training, solver = started(fine, tmp_path, monkeypatch, narrow_base)
     size = REAL_SIZE[spec.dataset]
     net = val_net(solver)
     feed(net, spec, size, np.random.default_rng(11))
     net.forward()
-    (weights, _), = stage.init
+    (weights, _), = training.init
     before = coarse_net(tmp_path, coarse, spec.width, size, weights)
     outputs = {head.score for head in spec.heads} | {'loss', 'loss_geo'}
     shared = [blob for blob in before.blobs if blob in net.blobs and blob not in outputs]
@@ -423,13 +488,13 @@ def test_a_finer_stage_starts_as_the_coarser_net(coarse, fine, tmp_path, monkeyp
 
 
 def test_late_fusion_starts_as_the_average_of_its_nets(tmp_path, monkeypatch, narrow_base):
-    spec, stage, solver = started('nyud-fcn32s-color-hha', tmp_path, monkeypatch, narrow_base)
+    spec, training, solver = started('nyud-fcn32s-color-hha', tmp_path, monkeypatch, narrow_base)
     size = REAL_SIZE['nyud']
     net = val_net(solver)
     feed(net, spec, size, np.random.default_rng(11))
     net.forward()
     scores = []
-    for (weights, modality), model in zip(stage.init, ('nyud-fcn32s-color', 'nyud-fcn32s-hha')):
+    for (weights, modality), model in zip(training.init, ('nyud-fcn32s-color', 'nyud-fcn32s-hha')):
         assert weights.name == {'color': 'nyud-fcn32s-color_iter_28000.caffemodel',
                                 'hha': 'nyud-fcn32s-hha_iter_60000.caffemodel'}[modality]
         single = caffe.Net(str(tmp_path / 'nets' / model / 'val.prototxt'), str(weights),
@@ -452,7 +517,7 @@ def test_late_fusion_starts_as_the_average_of_its_nets(tmp_path, monkeypatch, na
 def test_at_once_skips_start_scaled_as_published(tmp_path, monkeypatch, narrow_base):
     """pool4 x 0.01 and pool3 x 0.0001 (fixed), zero skip scores: the output at iteration 0
     is score_fr upsampled x2, x2, x8 and cropped at 31."""
-    spec, stage, solver = started('voc-fcn8s-atonce', tmp_path, monkeypatch, narrow_base)
+    spec, training, solver = started('voc-fcn8s-atonce', tmp_path, monkeypatch, narrow_base)
     size = REAL_SIZE['voc']
     net = val_net(solver)
     feed(net, spec, size, np.random.default_rng(11))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fcn import inference, nets, pictures
+from fcn import inference, nets, pictures, runs
 from fcn.nets import UsageError
 
 CLASSIFIER = 'toy-vgg16'
@@ -28,7 +28,7 @@ def collect_scores(runs_dir):
     """scores.json's content from each stage's score.py report."""
     scores = {}
     for key, model in STAGES:
-        report = read_json(Path(runs_dir) / model / 'score.json',
+        report = read_json(runs.run_folder(model, runs_dir).score(),
                            f'train and score {model} first (`make {model}`)')
         scores[key] = {metric: report[metric] for metric in METRICS}
     return scores
@@ -36,7 +36,7 @@ def collect_scores(runs_dir):
 
 def read_train_log(run_dir):
     """(iterations, losses, seconds) of a stage's train_log.csv, or None without one."""
-    path = Path(run_dir) / 'train_log.csv'
+    path = runs.RunFolder(run_dir).train_log
     if not path.is_file():
         return None
     with open(path, newline='') as f:
@@ -48,8 +48,7 @@ def read_train_log(run_dir):
 
 
 def read_validations(run_dir):
-    path = Path(run_dir) / 'val_log.json'
-    return json.loads(path.read_text()) if path.is_file() else []
+    return runs.RunFolder(run_dir).validations()
 
 
 def smooth(values, window):
@@ -115,13 +114,15 @@ def prediction_sheet(runs_dir, toy_dir, path, count):
     for key, model in STAGES:
         spec = nets.model_spec(model)
         net = nets.load_net(nets.model_file(model, 'deploy'),
-                                Path(runs_dir) / model / 'final.caffemodel')
-        fcns.append((key, spec, net, inference.single_input(net, model), inference.input_mean(spec)))
+                                runs.run_folder(model, runs_dir).final_weights)
+        fcns.append((key, spec, net, inference.single_input(net, model),
+                     inference.input_mean(spec)))
     rows = []
     for image_id in ids:
         rgb = inference.read_rgb(Path(toy_dir) / 'JPEGImages' / f'{image_id}.jpg')
         truth = pictures.read_label_png(Path(toy_dir) / 'SegmentationClass' / f'{image_id}.png')
-        tiles = [labelled_tile(rgb, image_id), labelled_tile(pictures.PALETTE[truth], 'ground truth')]
+        tiles = [labelled_tile(rgb, image_id),
+                 labelled_tile(pictures.PALETTE[truth], 'ground truth')]
         for key, spec, net, input_name, mean in fcns:
             scores, = inference.segment(net, input_name, rgb, mean, spec.heads).values()
             tiles.append(labelled_tile(pictures.PALETTE[scores.argmax(0)], key))

@@ -3,7 +3,7 @@ score here and your own run's (solve/report.py writes it)."""
 import json
 from pathlib import Path
 
-from fcn import nets, paths, pictures
+from fcn import paths, pictures, runs
 
 COLUMNS = ('model', 'published mean IU', 'published in', 'released weights, here',
            'your run', 'released - published')
@@ -22,18 +22,18 @@ def mean_iu(path, spec):
 
 def gather(runs_dir=None):
     """One row per model: the reference and paper models, and any other model with a
-    scored run of your own (the toy nets after `make demo`)."""
-    from models.specs import MODELS
+    scored run of your own (the toy nets after `make demo`, the models you declared)."""
+    from models import registry
     from data.weights import PUBLISHED_SCORES
-    runs = Path(runs_dir or paths.RUNS_DIR)
+    runs_dir = runs_dir or paths.RUNS_DIR
     rows = []
-    for name, spec in MODELS.items():
+    for name, spec in registry.load().models.items():
         if spec.task != 'segmentation':
             continue
-        released = mean_iu(runs / nets.RELEASED / name / 'score.json', spec)
-        own = mean_iu(runs / name / 'score.json', spec)
+        released = mean_iu(runs.released_folder(name, runs_dir).score(), spec)
+        own = mean_iu(runs.run_folder(name, runs_dir).score(), spec)
         published = PUBLISHED_SCORES.get(name)
-        if spec.dataset == 'toy' and own is None:
+        if spec.dataset in ('toy', 'folder') and own is None:
             continue
         rows.append(dict(model=name, split=spec.val_split, published=published,
                          released=released, own=own))

@@ -4,8 +4,8 @@ Caffe's libraries read these variables once, when they are loaded, so they are s
 (unless the user set them) by every tool before it imports caffe: `netfiles` imports this
 module first, and so does every command-line tool and the test set-up; the Makefile
 exports the same values for whatever else it starts (a test checks they agree).
-How many threads Caffe runs is not set here but while it runs (fcn/runtime/threads.py): it depends on
-what else the machine is doing.
+How many threads Caffe runs is not set here but while it runs (fcn/runtime/threads.py): it
+depends on what else the machine is doing.
 
 The BLAS follows the CPU, chosen when this module is imported:
 - on an Intel CPU (vendor_id GenuineIntel), Intel's MKL, from the pinned wheel that
@@ -34,9 +34,9 @@ choice reaches the process's children through the variables set here (LD_LIBRARY
 with MKL's folder first, and MKL's own): Caffe's C++ tests, pycaffe's, and scripts that
 import caffe without this module.
 
-`python solve/caffe_env.py` (which runs this module's main) says which BLAS Caffe runs on here, and why; `--prepare` makes
-the chosen BLAS ready (`make caffe` runs it); `-- COMMAND ...` runs a command with the
-environment set (the C++ tests run so).
+`python solve/caffe_env.py` (this module's main) says which BLAS Caffe runs on here, and
+why; `--prepare` makes the chosen BLAS ready (`make caffe` runs it); `-- COMMAND ...` runs
+a command with the environment set (the C++ tests run so).
 """
 import argparse
 import ctypes
@@ -44,6 +44,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from fcn.errors import UsageError, exit_with, run_command
 
 CAFFE_ENV = {
     # Glog's start-up chatter (every layer's set-up) is off unless asked for.
@@ -64,11 +66,8 @@ CAFFE_BLAS_LIBRARY = 'libopenblas.so.0'
 UNAVAILABLE_SUFFIX = '.unavailable'
 
 
-class BlasChoiceError(SystemExit):
+class BlasChoiceError(UsageError):
     """A BLAS choice that cannot be followed; the message says what to do."""
-
-    def __init__(self, message):
-        super().__init__(f'error: {message}')
 
 
 def cpu_vendor(cpuinfo=CPUINFO):
@@ -266,10 +265,16 @@ def main(argv=None):
         try:
             os.execvp(command[0], command)
         except OSError as error:
-            raise SystemExit(f'error: cannot run {command[0]}: {error}') from None
+            raise UsageError(f'cannot run {command[0]}: {error}') from None
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)
 else:
-    apply()
+    try:
+        apply()
+    except BlasChoiceError as error:
+        # Importing this module chooses the process's BLAS, before any command's main runs
+        # and wherever the import is: a choice that cannot be followed ends the process in
+        # one line, as a command would.
+        exit_with(error)

@@ -135,8 +135,8 @@ def check_shared_memory(gpus, shm='/dev/shm', minimum=SHARED_MEMORY_MINIMUM):
 
 def select_device(args):
     """Put Caffe in the mode the flags ask for; the checks run first. On a GPU, Caffe's
-    CPU threads do not compute: their count is not fitted (fcn/runtime/threads.py), in this process or
-    the ones it starts."""
+    CPU threads do not compute: their count is not fitted (fcn/runtime/threads.py), in this
+    process or the ones it starts."""
     import caffe
     gpus = getattr(args, 'gpus', None)
     if gpus or args.gpu is not None:

@@ -6,6 +6,7 @@ import multiprocessing
 import multiprocessing.connection
 import sys
 
+from fcn.errors import FcnError, exit_with
 from fcn.training.trainer import StopRequest, Trainer, build_solver
 
 
@@ -29,20 +30,24 @@ def attach_nccl(caffe, solver, uid):
     return nccl
 
 
-def run_rank(stage, gpus, rank, uid, stop):
-    """One GPU's process: configure, build, initialise (rank 0), join NCCL, train."""
+def run_rank(training, gpus, rank, uid, stop):
+    """One GPU's process: configure, build, initialise (rank 0), join NCCL, train. An
+    FcnError ends the process in one line, as it ends a command."""
     import caffe
-    configure_rank(caffe, gpus[rank], rank, len(gpus))
-    solver, original = build_solver(stage)
-    trainer = Trainer(solver, stage, rank, original)
-    trainer.start()
-    trainer.nccl = attach_nccl(caffe, solver, uid)
-    stop.install()
-    finished = trainer.run(stop)
+    try:
+        configure_rank(caffe, gpus[rank], rank, len(gpus))
+        solver, original = build_solver(training)
+        trainer = Trainer(solver, training, rank, original)
+        trainer.start()
+        trainer.nccl = attach_nccl(caffe, solver, uid)
+        stop.install()
+        finished = trainer.run(stop)
+    except FcnError as error:
+        exit_with(error)
     sys.exit(0 if finished else 128 + stop.signum)
 
 
-def launch(stage, gpus, target=run_rank, new_uid=None):
+def launch(training, gpus, target=run_rank, new_uid=None):
     """Start one process per GPU and wait for them; returns the exit status.
 
     If one process dies, the others would wait for it in NCCL forever, so they are
@@ -55,7 +60,7 @@ def launch(stage, gpus, target=run_rank, new_uid=None):
     context = multiprocessing.get_context('spawn')
     stop = StopRequest.shared(context, len(gpus))
     processes = [context.Process(target=target, name=f'rank {rank} (GPU {gpu})',
-                                 args=(stage, gpus, rank, uid, stop.for_rank(rank)))
+                                 args=(training, gpus, rank, uid, stop.for_rank(rank)))
                  for rank, gpu in enumerate(gpus)]
     stop.install()
     for process in processes:

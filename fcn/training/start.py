@@ -1,12 +1,10 @@
 """What a training run starts from, and the run a model of the table gets."""
-import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fcn import nets, paths
+from fcn import caffemodel, nets, paths, prototxt, runs
 from fcn.nets import UsageError
-from fcn.training.trainer import FINAL_WEIGHTS, SNAPSHOT_DIR, Stage, StopRequest, latest_snapshot, train
+from fcn.training.trainer import StopRequest, TrainingRun, train
 
 # ---- what a run starts from -------------------------------------------------------------
 
@@ -14,117 +12,101 @@ INIT_CHOICES = ('reference', 'final', 'best')
 
 
 @dataclass(frozen=True)
-class InitSource:
-    """One net's weights that training starts from."""
+class InitFile:
+    """A weights file training starts from: an InitSource of the table found under
+    paths.RUNS_DIR, paths.WEIGHTS_DIR or the repository, or (source None) the file given
+    by --weights."""
     weights: Path
-    iteration: int | None  # the snapshot's iteration; None for final or base weights
-    modality: str          # late fusion: the suffix of this net's layers; '' otherwise
-    hint: str              # how to make the file when it is missing
+    source: runs.InitSource | None = None
+    iteration: int | None = None  # the snapshot's iteration; None for final or base weights
+    hint: str = ''                # how to make the file when it is missing
+
+    @property
+    def modality(self):
+        return self.source.modality if self.source else ''
 
 
-def final_weights(model):
-    return paths.RUNS_DIR / model / FINAL_WEIGHTS
+def init_file(source, init_from='reference'):
+    """Where an InitSource's weights are: a model's final weights, or (init_from
+    'reference') the snapshot the table names (late fusion), or ('best') its
+    best-validated snapshot; base weights under paths.WEIGHTS_DIR; a file of the
+    repository."""
+    if source.kind == runs.FILE:
+        return InitFile(paths.REPO / source.name, source,
+                        hint='fetch or make that weights file first')
+    if source.kind == runs.BASE:
+        return InitFile(runs.base_weights(source.name), source,
+                        hint=f'make it by surgery first (`make weights/{source.name}'
+                             f'.caffemodel`)')
+    run = runs.run_folder(source.name)
+    iteration = source.iteration
+    if init_from == 'final':
+        iteration = None
+    elif init_from == 'best':
+        try:
+            iteration = run.best_snapshot()
+        except runs.RunError as e:
+            raise UsageError(f'--init-from best: {e}') from e
+    if iteration is None:
+        return InitFile(run.final_weights, source,
+                        hint=f'train {source.name} first (`make {source.name}`)')
+    return InitFile(run.snapshot(iteration), source, iteration,
+                    f'train {source.name} (`make {source.name}`) and keep its snapshot of '
+                    f'iteration {iteration}, or start from its final weights (--init-from '
+                    f'final) or its best-validated snapshot (--init-from best)')
 
 
-def snapshot_weights(model, iteration):
-    return paths.RUNS_DIR / model / SNAPSHOT_DIR / f'{model}_iter_{iteration}.caffemodel'
-
-
-def best_snapshot(model):
-    """The iteration of `model`'s best-validated snapshot still on disk (by the first
-    head's mean IU in its val_log.json), or a UsageError saying what is missing."""
-    log = paths.RUNS_DIR / model / 'val_log.json'
-    if not log.is_file():
-        raise UsageError(f'--init-from best needs {log}: train {model} first (`make {model}`)')
-    scored = []
-    for record in json.loads(log.read_text()):
-        first_head = next(key for key in record if key != 'iteration')
-        mean_iu = record[first_head]['mean_iu']
-        if mean_iu is not None and snapshot_weights(model, record['iteration']).is_file():
-            scored.append((mean_iu, record['iteration']))
-    if not scored:
-        raise UsageError(f'{log} names no validated iteration whose snapshot is in '
-                         f'{paths.RUNS_DIR / model / SNAPSHOT_DIR}')
-    return max(scored)[1]
-
-
-def init_sources(spec, init_from='reference'):
-    """What the table says training starts from, as InitSources (files not checked).
-
-    A model of the table starts from its final weights, or (init_from 'reference') from
-    the snapshot iteration the table names (late fusion), or ('best') from its
-    best-validated snapshot; a name ending in .caffemodel is that file (relative to the
-    repository); any other name is base weights made by surgery."""
-    from models.specs import MODELS
+def init_files(spec, weights=None, init_from='reference'):
+    """The InitFiles training starts from (not checked): the file `weights`, else what
+    the table names (runs.init_sources), found as `init_from` says."""
     if init_from not in INIT_CHOICES:
         raise UsageError(f'--init-from {init_from!r}: choose one of {", ".join(INIT_CHOICES)}')
-    if spec.init is None:
-        return ()  # from scratch: the fillers of the prototxt
-    sources = spec.init if isinstance(spec.init, tuple) else (spec.init,)
-    iterations = spec.init_snapshots or (None,) * len(sources)
-    result = []
-    for source, iteration in zip(sources, iterations):
-        if source.endswith('.caffemodel'):
-            result.append(InitSource(paths.REPO / source, None, '',
-                                     'fetch or make that weights file first'))
-            continue
-        if source not in MODELS:
-            result.append(InitSource(paths.WEIGHTS_DIR / f'{source}.caffemodel', None, '',
-                                     f'make it by surgery first (`make weights/{source}'
-                                     f'.caffemodel`)'))
-            continue
-        if init_from == 'final':
-            iteration = None
-        elif init_from == 'best':
-            iteration = best_snapshot(source)
-        if iteration is None:
-            path, hint = final_weights(source), f'train {source} first (`make {source}`)'
-        else:
-            path = snapshot_weights(source, iteration)
-            hint = (f'train {source} (`make {source}`) and keep its snapshot of iteration '
-                    f'{iteration}, or start from its final weights (--init-from final) or '
-                    f'its best-validated snapshot (--init-from best)')
-        result.append(InitSource(path, iteration, modality(source, sources), hint))
-    return tuple(result)
+    if weights is not None:
+        return (InitFile(Path(weights)),)
+    return tuple(init_file(source, init_from) for source in runs.init_sources(spec))
 
 
 def init_weights(spec, weights=None, init_from='reference'):
-    """The (file, suffix) pairs training starts from; every file must exist."""
-    if weights is not None:
-        return ((Path(weights), ''),)
-    pairs = []
-    for source in init_sources(spec, init_from):
-        if not source.weights.is_file():
-            raise UsageError(f'{spec.name} starts from {source.weights}, which does not '
-                             f'exist: {source.hint}')
-        pairs.append((source.weights, source.modality))
-    return tuple(pairs)
+    """init_files, each of the table's on disk (a missing --weights file is named when it
+    is loaded)."""
+    files = init_files(spec, weights, init_from)
+    for file in files:
+        if file.source is not None and not file.weights.is_file():
+            raise UsageError(f'{spec.name} starts from {file.weights}, which does not exist: '
+                             f'{file.hint}')
+    return files
 
 
-def widened_input(spec, weights=None):
-    """(source layer, first convolution) when the first convolution was renamed because
-    it sees more channels than the classifier (NYUD colour-depth) and training starts from
-    base weights: the trainer fills it from conv1_1 as the reference's script did."""
-    from models.specs import MODELS
-    if spec.first_conv == 'conv1_1' or weights is not None or spec.init is None \
-            or spec.init in MODELS:
+def held_layers(file):
+    """The names of the layers of an InitFile's weights, read without loading them. A file
+    not made yet is judged by what makes it: a model's run holds that model's first
+    convolution; base weights (surgery carries the classifier's layers over) and other
+    files hold conv1_1."""
+    if file.weights.is_file():
+        return {record.name for record in caffemodel.checked_layers(file.weights)}
+    if file.source is not None and file.source.kind == runs.MODEL:
+        return {nets.model_spec(file.source.name).first_conv}
+    return {'conv1_1'}
+
+
+def widened_input(spec, files):
+    """(source layer, first convolution) pairs for the trainer to fill the net's first
+    convolution from conv1_1, as the reference's NYUD colour-depth script did: when that
+    convolution was renamed because it sees more channels than the classifier
+    (conv1_1_bgrd) and the first weights training starts from (`files`: InitFiles) hold
+    conv1_1 but not it. Weights that hold it (the same model's snapshot) are kept."""
+    if spec.first_conv == 'conv1_1' or not files:
+        return ()
+    layers = held_layers(files[0])
+    if spec.first_conv in layers or 'conv1_1' not in layers:
         return ()
     return (('conv1_1', spec.first_conv),)
-
-
-def modality(source, sources):
-    """For a late fusion of nets (nyud-fcn32s-color, nyud-fcn32s-hha), the part of each
-    name after their common prefix ("color", "hha") names that net's layers."""
-    if len(sources) < 2:
-        return ''
-    prefix = os.path.commonprefix(list(sources))
-    return source[len(prefix):]
 
 
 # ---- the run ---------------------------------------------------------------------------
 
 def run_settings(spec, **settings):
-    """The given Stage settings (None: unset) over the table's: the run length, the
+    """The given TrainingRun settings (None: unset) over the table's: the run length, the
     validation cadence, and snapshots at the solver's interval or else at each validation."""
     settings = {key: value for key, value in settings.items() if value is not None}
     settings.setdefault('iterations', spec.iterations or spec.max_iter)
@@ -133,22 +115,23 @@ def run_settings(spec, **settings):
     return settings
 
 
-def stage_for_model(name, run_dir=None, weights=None, resume=None, init_from='reference',
+def training_run(name, run_dir=None, weights=None, resume=None, init_from='reference',
                     **settings):
-    """The Stage of a model of the table; `settings` are Stage fields (steps, ...)."""
+    """The TrainingRun of a model of the table; `settings` are TrainingRun fields (steps, ...)."""
     spec = nets.model_spec(name)
-    run_dir = Path(run_dir) if run_dir else paths.RUNS_DIR / name
+    run = runs.RunFolder(run_dir, name) if run_dir else runs.run_folder(name)
     if resume == 'auto':
-        resume = latest_snapshot(run_dir)
+        resume = run.latest_snapshot()
     names = {h.label: nets.class_names(spec, h) for h in spec.heads}
     settings = run_settings(spec, **settings)
-    stage = Stage(name=name, solver=nets.model_file(name, 'solver'), run_dir=run_dir,
+    training = TrainingRun(name=name, solver=nets.model_file(name, 'solver'), run_dir=run.path,
                   heads=tuple(spec.heads), class_names=names, fresh_scores=spec.fresh_scores,
                   resume=Path(resume) if resume else None, **settings)
-    if stage.resume is None:
-        stage = replace(stage, init=init_weights(spec, weights, init_from),
-                        widen_input=widened_input(spec, weights))
-    return stage
+    if training.resume is None:
+        files = init_weights(spec, weights, init_from)
+        training = replace(training, init=tuple((file.weights, file.modality) for file in files),
+                        widen_input=widened_input(spec, files))
+    return training
 
 
 def plan(name, weights=None, init_from='reference', **settings):
@@ -156,13 +139,13 @@ def plan(name, weights=None, init_from='reference', **settings):
     they spend GPU days, and by the tests against the reference's scripts."""
     spec = nets.model_spec(name)
     settings = run_settings(spec, **settings)
-    solver = nets.read_solver(nets.model_file(name, 'solver'))
+    solver = prototxt.read_solver(nets.model_file(name, 'solver'))
+    files = init_files(spec, weights, init_from)
     if weights is not None:
         init = [{'weights': str(weights), 'iteration': None}]
     else:
-        init = [{'weights': str(source.weights), 'iteration': source.iteration,
-                 'exists': source.weights.is_file()}
-                for source in init_sources(spec, init_from)]
+        init = [{'weights': str(file.weights), 'iteration': file.iteration,
+                 'exists': file.weights.is_file()} for file in files]
     from google.protobuf import json_format
     return {
         'model': name,
@@ -171,17 +154,17 @@ def plan(name, weights=None, init_from='reference', **settings):
         'snapshot_every': settings['snapshot_every'],
         'init': init,
         'widen_input': [{'from': source, 'layer': layer}
-                        for source, layer in widened_input(spec, weights)],
+                        for source, layer in widened_input(spec, files)],
         'solver': json_format.MessageToDict(solver, preserving_proto_field_name=True),
     }
 
 
-def run(stage, gpus=None):
-    """Train a stage on the CPU or GPU already selected, or on `gpus` (one process each).
+def launch(training, gpus=None):
+    """Train a run on the CPU or GPU already selected, or on `gpus` (one process each).
     Returns the exit status: 0 when finished, 128 + the signal's number when stopped."""
     if gpus:
         from fcn.training import multigpu
-        return multigpu.launch(stage, gpus)
+        return multigpu.launch(training, gpus)
     stop = StopRequest()
     stop.install()
-    return 0 if train(stage, stop) else 128 + stop.signum
+    return 0 if train(training, stop) else 128 + stop.signum

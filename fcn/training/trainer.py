@@ -1,4 +1,4 @@
-"""Training one stage with Caffe's solver: the Stage record, atomic snapshots and resuming,
+"""A training run with Caffe's solver: the TrainingRun record, atomic snapshots and resuming,
 stopping on a signal, the training and validation logs with their plots, and the Trainer
 that steps the solver one iteration at a time.
 
@@ -8,7 +8,6 @@ per GPU.
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -18,16 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn import caffemodel, evaluation, nets, pictures, surgery
+from fcn import caffemodel, evaluation, nets, pictures, prototxt, surgery
+from fcn.runs import STATE, WEIGHTS, RunFolder
 from fcn.runtime import threads
-from fcn.nets import UsageError
-
-SNAPSHOT_DIR = 'snapshots'
-SCRATCH_DIR = '.snapshot-scratch'
-FINAL_WEIGHTS = 'final.caffemodel'
+from fcn.errors import FcnError, UsageError
 
 @dataclass(frozen=True)
-class Stage:
+class TrainingRun:
     """One training run. Plain data, so that every GPU process gets a copy."""
     name: str                  # snapshot file prefix
     solver: Path               # solver.prototxt; its net paths are relative to its folder
@@ -45,17 +41,22 @@ class Stage:
     keep_snapshots: int = 0    # keep the newest N snapshots; 0 keeps all
     fresh_scores: bool = False  # score layers start from their fillers whatever `init` holds
 
+    @property
+    def folder(self):
+        """The run folder's files (fcn/runs.py)."""
+        return RunFolder(self.run_dir, self.name)
+
 
 # ---- the solver ------------------------------------------------------------------------
 
-def prepare_solver(stage):
+def prepare_solver(training):
     """The solver definition Caffe is given: absolute net paths, snapshots into the
     scratch folder, and Caffe's own periodic snapshots off (they would not be atomic).
     Returns (path of the written solver.prototxt, the original SolverParameter)."""
-    original = nets.read_solver(stage.solver)
+    original = prototxt.read_solver(training.solver)
     param = type(original)()
     param.CopyFrom(original)
-    base = Path(stage.solver).resolve().parent
+    base = Path(training.solver).resolve().parent
 
     def resolve(path):
         return str(base / path)
@@ -66,21 +67,12 @@ def prepare_solver(stage):
     param.test_net[:] = [resolve(path) for path in param.test_net]
     param.snapshot = 0
     param.snapshot_format = param.BINARYPROTO
-    param.snapshot_prefix = str(Path(stage.run_dir).resolve() / SCRATCH_DIR / stage.name)
-    (Path(stage.run_dir) / SCRATCH_DIR).mkdir(parents=True, exist_ok=True)
-    path = Path(stage.run_dir) / 'solver.prototxt'
-    nets.write_text_proto(path, param)
+    param.snapshot_prefix = str(RunFolder(Path(training.run_dir).resolve(),
+                                          training.name).scratch_prefix)
+    training.folder.scratch.mkdir(parents=True, exist_ok=True)
+    path = training.folder.solver
+    prototxt.write_text_proto(path, param)
     return path, original
-
-
-def snapshot_iteration(path):
-    match = re.search(r'_iter_(\d+)\.solverstate$', str(path))
-    return int(match.group(1)) if match else -1
-
-
-def latest_snapshot(run_dir):
-    states = sorted(Path(run_dir, SNAPSHOT_DIR).glob('*.solverstate'), key=snapshot_iteration)
-    return states[-1] if states else None
 
 
 def restore(solver, state_path):
@@ -96,6 +88,7 @@ def restore(solver, state_path):
     weights = state_path.parent / Path(learned_net).name
     if not weights.is_file():
         raise UsageError(f'{state_path} needs its weights {weights}, which do not exist')
+    caffemodel.checked_layers(weights)  # Caffe would end the process on a broken file
     # Caffe opens the state's weights file from the working directory: a copy of the state
     # names it by its absolute path.
     scratch = state_path.with_name(f'.{state_path.name}.resume{os.getpid()}')
@@ -182,14 +175,14 @@ class TrainingLog:
     their plots. On resume, records after the resumed iteration are dropped: that
     training is redone."""
 
-    def __init__(self, run_dir, start_iter, loss_names, title):
-        self.run_dir = Path(run_dir)
+    def __init__(self, folder, start_iter, loss_names, title):
+        self.folder = folder
         self.title = title
-        self.csv_path = self.run_dir / 'train_log.csv'
-        self.val_path = self.run_dir / 'val_log.json'
+        self.csv_path = folder.train_log
+        self.val_path = folder.val_log
         self.columns = ['iteration', 'seconds', 'loss'] + [f'loss_{n}' for n in loss_names]
         self.rows = [row for row in self._read_csv() if int(row['iteration']) <= start_iter]
-        self.validations = [record for record in self._read_val()
+        self.validations = [record for record in folder.validations()
                             if record['iteration'] <= start_iter] if start_iter else []
         self.seconds = float(self.rows[-1]['seconds']) if self.rows else 0.0
         self.clock = time.monotonic()
@@ -208,11 +201,6 @@ class TrainingLog:
             return []
         with open(self.csv_path, newline='') as f:
             return list(csv.DictReader(f))
-
-    def _read_val(self):
-        if not self.val_path.is_file():
-            return []
-        return json.loads(self.val_path.read_text())
 
     def loss(self, iteration, losses):
         seconds = self.seconds + time.monotonic() - self.clock
@@ -238,14 +226,14 @@ class TrainingLog:
             if window > 1:
                 smooth = np.convolve(y, np.ones(window) / window, mode='valid')
                 series[f'mean of {window}'] = (x[window - 1:], smooth)
-            pictures.save_curve_png(self.run_dir / 'loss.png', series, 'training loss',
+            pictures.save_curve_png(self.folder.loss_plot, series, 'training loss',
                                f'{self.title}: training loss')
         if self.validations:
             labels = [key for key in self.validations[0] if key != 'iteration']
             series = {label: ([r['iteration'] for r in self.validations],
                               [np.nan if r[label]['mean_iu'] is None else r[label]['mean_iu']
                                for r in self.validations]) for label in labels}
-            pictures.save_curve_png(self.run_dir / 'mean_iu.png', series, 'val mean IU',
+            pictures.save_curve_png(self.folder.mean_iu_plot, series, 'val mean IU',
                                f'{self.title}: validation')
 
     def close(self):
@@ -297,19 +285,19 @@ class Trainer:
     iterations. Rank 0 (the only process unless several GPUs train) also validates, logs and
     snapshots; the other ranks only train."""
 
-    def __init__(self, solver, stage, rank, solver_param):
+    def __init__(self, solver, training, rank, solver_param):
         """`solver_param`: the model's SolverParameter as written (before prepare_solver
         turned Caffe's own snapshots off): max_iter, display and the snapshot interval."""
         self.solver = solver
-        self.stage = stage
+        self.training = training
         self.rank = rank
         interval = solver_param.snapshot
-        self.end_iter = stage.iterations or solver_param.max_iter
+        self.end_iter = training.iterations or solver_param.max_iter
         self.display = solver_param.display or 20
-        self.test_every = stage.test_every if stage.test_every is not None else interval
-        self.snapshot_every = (stage.snapshot_every if stage.snapshot_every is not None
+        self.test_every = training.test_every if training.test_every is not None else interval
+        self.snapshot_every = (training.snapshot_every if training.snapshot_every is not None
                                else interval or self.test_every)
-        self.run_dir = Path(stage.run_dir)
+        self.folder = training.folder
         self.log = None
         self.last_snapshot = None
         self.last_validation = None
@@ -321,23 +309,23 @@ class Trainer:
 
     def start(self):
         """Restore the snapshot, or (rank 0) initialise and fill the upsampling layers."""
-        if self.stage.resume is not None:
-            restore(self.solver, self.stage.resume)
-            self.say(f'resumed from {self.stage.resume} at iteration {self.solver.iter}')
+        if self.training.resume is not None:
+            restore(self.solver, self.training.resume)
+            self.say(f'resumed from {self.training.resume} at iteration {self.solver.iter}')
         elif self.is_root:
             net = self.solver.net
-            for weights, modality in self.stage.init:
+            for weights, modality in self.training.init:
                 try:
                     suffix = surgery.modality_suffix(net, modality) if modality else ''
                     report = surgery.load_weights(net, weights, suffix,
-                                                  self.stage.fresh_scores)
+                                                  self.training.fresh_scores)
                 except surgery.SurgeryError as e:
                     raise UsageError(str(e)) from e
                 self.say(f'initialised from {weights}' + (f' (as *{suffix})' if suffix else ''))
                 for line in report.lines():
                     self.say(f'  {line}')
-            for source, layer in self.stage.widen_input:
-                weights, _ = self.stage.init[0]
+            for source, layer in self.training.widen_input:
+                weights, _ = self.training.init[0]
                 try:
                     surgery.widen_input(net, layer, weights, source)
                 except surgery.SurgeryError as e:
@@ -349,17 +337,17 @@ class Trainer:
                 self.say(f'bilinear upsampling: {", ".join(filled)}')
         guard_divergence(self.solver.net)
         if self.is_root:
-            self.log = TrainingLog(self.run_dir, self.solver.iter,
-                                   net_loss_names(self.solver.net), self.stage.name)
-            self.last_snapshot = self.solver.iter if self.stage.resume else None
+            self.log = TrainingLog(self.folder, self.solver.iter,
+                                   net_loss_names(self.solver.net), self.training.name)
+            self.last_snapshot = self.solver.iter if self.training.resume else None
 
     def say(self, message):
         if self.is_root:
-            print(f'[{self.stage.name}] {message}', flush=True)
+            print(f'[{self.training.name}] {message}', flush=True)
 
     def target_iteration(self):
-        if self.stage.steps is not None:
-            return self.solver.iter + self.stage.steps
+        if self.training.steps is not None:
+            return self.solver.iter + self.training.steps
         return self.end_iter
 
     def run(self, stop):
@@ -396,15 +384,15 @@ class Trainer:
             if self.test_every and self.last_validation != self.solver.iter:
                 self.validate()
             weights = self.snapshot()
-            final = self.run_dir / FINAL_WEIGHTS
+            final = self.folder.final_weights
             pictures.atomic_save(final, lambda tmp: _link_or_copy(weights, tmp))
             self.say(f'final weights: {final}')
             self.finish_logs()
         return True
 
     def fit_threads(self):
-        """Caffe's thread count, fitted to the cores other programs leave (fcn/runtime/threads.py); said
-        when it changes, since it changes the speed."""
+        """Caffe's thread count, fitted to the cores other programs leave
+        (fcn/runtime/threads.py); said when it changes, since it changes the speed."""
         share = threads.share()
         if share is None:
             return
@@ -417,11 +405,11 @@ class Trainer:
         """Stop without snapshotting the diverged weights, naming the last good snapshot."""
         if self.is_root:
             self.finish_logs()
-        last = latest_snapshot(self.run_dir)
-        raise UsageError(
-            f'{self.stage.name}: training diverged at iteration {self.solver.iter + 1}: '
+        last = self.folder.latest_snapshot()
+        raise FcnError(
+            f'{self.training.name}: training diverged at iteration {self.solver.iter + 1}: '
             f'{error}. The learning rate is too high for this net and data (base_lr in '
-            f'{self.stage.solver}). '
+            f'{self.training.solver}). '
             + (f'The last snapshot is {last}.' if last else 'No snapshot was taken.'))
 
     def finish_logs(self):
@@ -433,10 +421,11 @@ class Trainer:
         test_net = self.solver.test_nets[0]
         test_net.share_with(self.solver.net)
         ids = nets.split_ids(test_net)
-        hists = evaluation.score_net(test_net, self.stage.heads, ids, limit=self.stage.val_images,
-                                label=f'[{self.stage.name}] validation')
-        names = {h.label: self.stage.class_names.get(h.label) for h in self.stage.heads}
-        ignore = {h.label: h.ignore_absent for h in self.stage.heads}
+        hists = evaluation.score_net(test_net, self.training.heads, ids,
+                                     limit=self.training.val_images,
+                                     label=f'[{self.training.name}] validation')
+        names = {h.label: self.training.class_names.get(h.label) for h in self.training.heads}
+        ignore = {h.label: h.ignore_absent for h in self.training.heads}
         results = evaluation.results(hists, names, ignore)
         self.log.validation(self.solver.iter, results)
         self.last_validation = self.solver.iter
@@ -448,12 +437,10 @@ class Trainer:
     def snapshot(self):
         """Snapshot atomically; returns the weights file. Idempotent per iteration."""
         iteration = self.solver.iter
-        stem = f'{self.stage.name}_iter_{iteration}'
-        folder = self.run_dir / SNAPSHOT_DIR
-        weights, state = folder / f'{stem}.caffemodel', folder / f'{stem}.solverstate'
+        weights, state = self.folder.snapshot(iteration), self.folder.snapshot(iteration, STATE)
         if self.last_snapshot == iteration and weights.is_file() and state.is_file():
             return weights
-        scratch = self.run_dir / SCRATCH_DIR
+        scratch = self.folder.scratch
         self.solver.snapshot()
         scratch_weights, scratch_state = scratch / weights.name, scratch / state.name
         try:
@@ -467,7 +454,7 @@ class Trainer:
                                f'incomplete; is the disk full?')
         # The state names its weights by bare file name: found next to it on resume.
         caffemodel.set_learned_net(scratch_state, weights.name)
-        folder.mkdir(parents=True, exist_ok=True)
+        self.folder.snapshots.mkdir(parents=True, exist_ok=True)
         os.replace(scratch_weights, weights)
         os.replace(scratch_state, state)
         self.last_snapshot = iteration
@@ -476,12 +463,10 @@ class Trainer:
         return weights
 
     def prune_snapshots(self):
-        if not self.stage.keep_snapshots:
+        if not self.training.keep_snapshots:
             return
-        states = sorted((self.run_dir / SNAPSHOT_DIR).glob('*.solverstate'),
-                        key=snapshot_iteration)
-        for state in states[:-self.stage.keep_snapshots]:
-            state.with_suffix('.caffemodel').unlink(missing_ok=True)
+        for state in self.folder.snapshot_states()[:-self.training.keep_snapshots]:
+            state.with_suffix(f'.{WEIGHTS}').unlink(missing_ok=True)
             state.unlink()
 
 
@@ -492,18 +477,18 @@ def _link_or_copy(source, destination):
         shutil.copyfile(source, destination)
 
 
-def build_solver(stage):
+def build_solver(training):
     import caffe
-    path, original = prepare_solver(stage)
+    path, original = prepare_solver(training)
     solver = caffe.get_solver(str(path))
     return solver, original
 
 
-def train(stage, stop=None):
-    """Train one stage in this process (Caffe's mode already set). True when finished,
+def train(training, stop=None):
+    """Train a run in this process (Caffe's mode already set). True when finished,
     False when a signal stopped it (a snapshot was taken)."""
-    solver, original = build_solver(stage)
-    trainer = Trainer(solver, stage, 0, original)
+    solver, original = build_solver(training)
+    trainer = Trainer(solver, training, 0, original)
     trainer.start()
     if stop is None:
         stop = StopRequest()
