@@ -10,6 +10,7 @@
   evaluation   confusion matrices, the four metrics, sharded scoring
   inference    segmenting images
   surgery      classifier weights carried into FCNs; bilinear upsampling
+  declare      a model of one's own declared on a dataset (models/user/NAME.json)
   runtime/     Caffe's environment and BLAS, the thread count, CPU or GPU
   pictures     label PNGs, overlays, plots
   reports/     the demo's report, the reproduction table

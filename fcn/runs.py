@@ -57,6 +57,17 @@ def snapshot_iteration(path):
     return int(match.group(1)) if match else -1
 
 
+class InFolder:
+    """A file or folder of a run folder, by its path below it: read on a RunFolder it is a
+    Path (run.train_log)."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+
+    def __get__(self, run, owner=None):
+        return self if run is None else run.path.joinpath(*self.parts)
+
+
 class RunFolder:
     """The files of one training run. `path` may also be a make path ('$(RUNS)/MODEL'):
     the names are then make's. `model` prefixes the snapshot files (default: the folder's
@@ -69,17 +80,18 @@ class RunFolder:
     def __repr__(self):
         return f'RunFolder({str(self.path)!r}, {self.model!r})'
 
-    @property
-    def final_weights(self):
-        return self.path / FINAL_WEIGHTS
-
-    @property
-    def snapshots(self):
-        return self.path / SNAPSHOT_DIR
-
-    @property
-    def scratch(self):
-        return self.path / SCRATCH_DIR
+    final_weights = InFolder(FINAL_WEIGHTS)
+    snapshots = InFolder(SNAPSHOT_DIR)
+    scratch = InFolder(SCRATCH_DIR)
+    solver = InFolder(SOLVER)
+    train_log = InFolder(TRAIN_LOG)
+    val_log = InFolder(VAL_LOG)
+    loss_plot = InFolder(LOSS_PLOT)
+    mean_iu_plot = InFolder(MEAN_IU_PLOT)
+    data_check = InFolder(DATA_CHECK)
+    slurm = InFolder(SLURM_DIR)
+    chain_record = InFolder(SLURM_DIR, CHAIN_RECORD)
+    infer = InFolder(INFER_DIR)
 
     @property
     def scratch_prefix(self):
@@ -104,26 +116,6 @@ class RunFolder:
         """The newest solver state, or None."""
         states = self.snapshot_states()
         return states[-1] if states else None
-
-    @property
-    def solver(self):
-        return self.path / SOLVER
-
-    @property
-    def train_log(self):
-        return self.path / TRAIN_LOG
-
-    @property
-    def val_log(self):
-        return self.path / VAL_LOG
-
-    @property
-    def loss_plot(self):
-        return self.path / LOSS_PLOT
-
-    @property
-    def mean_iu_plot(self):
-        return self.path / MEAN_IU_PLOT
 
     def validations(self):
         """val_log.json's records ({'iteration': N, head label: metrics}), [] without it."""
@@ -155,22 +147,6 @@ class RunFolder:
             return self.path / SCORE
         suffix = '' if shard is None else f'-shard{shard[0]}of{shard[1]}'
         return self.path / f'score-{split}{suffix}.json'
-
-    @property
-    def data_check(self):
-        return self.path / DATA_CHECK
-
-    @property
-    def slurm(self):
-        return self.path / SLURM_DIR
-
-    @property
-    def chain_record(self):
-        return self.slurm / CHAIN_RECORD
-
-    @property
-    def infer(self):
-        return self.path / INFER_DIR
 
 
 def run_folder(model, runs=None):

@@ -21,6 +21,7 @@ from models import declared, generate
 from models.specs import MODELS
 
 from fcn import nets, paths, prototxt
+from fcn import declare
 from solve import new_model
 from fcn import surgery
 
@@ -280,19 +281,19 @@ def test_a_declared_name_may_not_take_a_models(tmp_path):
 # ---- what new_model.py chooses -----------------------------------------------------------
 
 def test_the_chain_is_never_coarser_than_the_source():
-    assert new_model.stage_keys('8', None) == ['32', '16', '8']      # from a classifier
-    assert new_model.stage_keys('16', None) == ['32', '16']
-    assert new_model.stage_keys('8', 8) == ['8']                     # FCN-8s to FCN-8s
-    assert new_model.stage_keys('8', 32) == ['32', '16', '8']
-    assert new_model.stage_keys('8', 16) == ['16', '8']
-    assert new_model.stage_keys('32', 8) == ['32']
-    assert new_model.stage_keys('atonce', None) == ['atonce']
+    assert declare.stage_keys('8', None) == ['32', '16', '8']      # from a classifier
+    assert declare.stage_keys('16', None) == ['32', '16']
+    assert declare.stage_keys('8', 8) == ['8']                     # FCN-8s to FCN-8s
+    assert declare.stage_keys('8', 32) == ['32', '16', '8']
+    assert declare.stage_keys('8', 16) == ['16', '8']
+    assert declare.stage_keys('32', 8) == ['32']
+    assert declare.stage_keys('atonce', None) == ['atonce']
 
 
 def plan(*argv, body='vgg16', keys=('32', '16', '8'), fresh=False):
     args = new_model.build_parser().parse_args(
         ['mine', '--data', 'd', '--from', 'vgg16', *argv])
-    return new_model.stages(args, body, list(keys), 'vgg16-fcn', fresh)
+    return declare.stages(args, body, list(keys), 'vgg16-fcn', fresh)
 
 
 def test_solver_defaults_are_the_papers_and_every_value_can_be_overridden():
@@ -325,24 +326,24 @@ def test_solver_defaults_are_the_papers_and_every_value_can_be_overridden():
 
 
 def test_sources_resolve_to_what_training_starts_from():
-    assert new_model.resolve_source('vgg16', None)[1:] == ('vgg16-fcn', None, None)
-    spec, init, stride, names = new_model.resolve_source('voc-fcn8s', None)
+    assert declare.resolve_source('vgg16', None)[1:] == ('vgg16-fcn', None, None)
+    spec, init, stride, names = declare.resolve_source('voc-fcn8s', None)
     assert (spec.name, init, stride, names[:2]) == ('voc-fcn8s', 'voc-fcn8s', 8,
                                                     ('background', 'aeroplane'))
-    _, init, _, _ = new_model.resolve_source('voc-fcn8s', '/elsewhere/fcn8s.caffemodel')
+    _, init, _, _ = declare.resolve_source('voc-fcn8s', '/elsewhere/fcn8s.caffemodel')
     assert init == '/elsewhere/fcn8s.caffemodel'
     # The reference release's weights: the file `make` fetches (models/weights.py).
-    _, init, _, _ = new_model.resolve_source('voc-fcn8s', 'released')
+    _, init, _, _ = declare.resolve_source('voc-fcn8s', 'released')
     assert init == 'weights/released/fcn8s-heavy-pascal.caffemodel'
     with pytest.raises(nets.UsageError, match='no released weights'):
-        new_model.resolve_source('voc-fcn-googlenet', 'released')
+        declare.resolve_source('voc-fcn-googlenet', 'released')
     with pytest.raises(nets.UsageError, match='color \\+ hha inputs'):
-        new_model.resolve_source('nyud-fcn32s-color-hha', None)
+        declare.resolve_source('nyud-fcn32s-color-hha', None)
     with pytest.raises(nets.UsageError, match='neither a classifier'):
-        new_model.resolve_source('no-such-net', None)
+        declare.resolve_source('no-such-net', None)
     # every classifier's base weights have a Makefile rule
     makefile = (paths.REPO / 'Makefile').read_text()
-    for weights in new_model.CLASSIFIER_BASE_WEIGHTS.values():
+    for weights in declare.CLASSIFIER_BASE_WEIGHTS.values():
         assert f'\n$(BASE_WEIGHTS)/{weights}.caffemodel:' in makefile
 
 

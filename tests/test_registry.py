@@ -13,7 +13,7 @@ from data import check
 from fcn import nets, paths
 from fcn.paths import REPO
 from models import declared, generate, registry, specs
-from solve import new_model
+from fcn import declare
 
 SYSTEM_PYTHON = Path('/usr/bin/python3')
 
@@ -176,8 +176,8 @@ def test_declaring_over_a_broken_file_needs_force_and_moves_its_runs_aside(
     monkeypatch.setenv(declared.FOLDER_VARIABLE, str(user_models))
     with pytest.raises(nets.UsageError, match=r'garbled is declared already \(.*garbled.json, '
                                               r'which cannot be used: not a readable JSON'):
-        new_model.check_name('garbled', force=False)
-    previous = new_model.check_name('garbled', force=True)
+        declare.check_name('garbled', force=False)
+    previous = declare.check_name('garbled', force=True)
     assert previous.path == user_models / 'garbled.json'
     # Its runs are not the new declaration's weights; its prototxt folders that the new
     # chain does not write again are removed.
@@ -187,7 +187,7 @@ def test_declaring_over_a_broken_file_needs_force_and_moves_its_runs_aside(
     for name in ('garbled-fcn32s', 'garbled-fcn16s', 'toy-fcn32s'):
         (runs_dir / name).mkdir(parents=True)
         (models_dir / name).mkdir(parents=True)
-    new_model.retire(previous, {'garbled-fcn32s'})
+    declare.retire(previous, {'garbled-fcn32s'})
     assert sorted(path.name.split('.')[0] for path in runs_dir.iterdir()) == [
         'garbled-fcn16s', 'garbled-fcn32s', 'toy-fcn32s']
     assert (runs_dir / 'toy-fcn32s').is_dir() and not (runs_dir / 'garbled-fcn32s').exists()
