@@ -383,7 +383,7 @@ $(TOY_STAMP): data/toy.py | $(VENV_STAMP)
 	$(PY) data/toy.py --out $(DATA_ROOT)/toy
 	touch $@
 
-$(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo_report.py | caffe
+$(RUNS)/demo/scores.json: $(TOY_SCORES) solve/demo_report.py fcn/reports/demo.py | caffe
 	$(PY) solve/demo_report.py --cpu --data-dir $(DATA_ROOT)
 
 # The toy solvers fix random_seed: two short runs of the classifier, surgery and FCN-32s
