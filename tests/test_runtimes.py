@@ -1,0 +1,196 @@
+"""Inference without Caffe: the ONNX export (fcn/onnx_export.py, solve/export.py) and the
+OpenCV and ONNX Runtime runtimes (fcn/runtimes.py, infer.py --runtime) against Caffe.
+
+Each deploy net family at 1/16 of its width, with random weights of its shapes, at two odd
+input sizes: every output of both runtimes within 1e-4 of the score range of Caffe's, and
+the same argmax at >= 99.99% of the pixels. infer.py runs both runtimes with `caffe` made
+unimportable. `make check-runtimes` (checks/runtimes.py) does the same at full width.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import caffe
+
+from checks import runtimes as runtime_check
+from fcn import onnx_export, paths, runtimes
+from fcn.errors import UsageError
+from fcn.prototxt import read_net
+from solve import export as export_command
+from solve import infer as infer_command
+
+caffe.set_mode_cpu()
+
+# One net of each family: VGG16 at three strides and at once, AlexNet, GoogLeNet, NYUD's
+# two-input and late-fusion nets, SIFT Flow's two heads, PASCAL-Context.
+FAMILIES = ('voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s', 'voc-fcn8s-atonce', 'voc-fcn-alexnet',
+            'voc-fcn-googlenet', 'nyud-fcn32s-color-d', 'nyud-fcn32s-color-hha',
+            'siftflow-fcn8s', 'pascalcontext-fcn8s')
+SIZES = ((37, 53), (61, 45))
+
+
+@pytest.mark.parametrize('model', FAMILIES)
+def test_both_runtimes_agree_with_caffe(model, tmp_path):
+    rows = runtime_check.compare(model, tmp_path, width=1 / 16, sizes=SIZES)
+    assert {row.runtime for row in rows} == {'onnxruntime', 'opencv'}
+    assert len(rows) == 2 * len(SIZES) * (2 if model.startswith('siftflow') else 1)
+    for row in rows:
+        assert row.relative <= 1e-4 and row.agreement >= 0.9999, row
+
+
+def random_toy(tmp_path):
+    """toy-fcn8s (the project's own file) with random weights saved as a caffemodel."""
+    prototxt = paths.MODELS_DIR / 'toy-fcn8s' / 'deploy.prototxt'
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    runtime_check.randomize(net, np.random.default_rng(3))
+    weights = tmp_path / 'toy.caffemodel'
+    net.save(str(weights))
+    return net, weights
+
+
+def images(folder):
+    """Images of odd sizes in modes infer.py accepts: RGB, 16-bit grey, RGBA."""
+    rng = np.random.default_rng(4)
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(folder / 'rgb.png')
+    Image.fromarray(rng.integers(0, 65536, (61, 45), dtype=np.uint16)).save(folder / 'grey16.png')
+    Image.fromarray(rng.integers(0, 256, (30, 41, 4), dtype=np.uint8), 'RGBA').save(
+        folder / 'rgba.png')
+    return folder
+
+
+def without_caffe(tmp_path):
+    """An environment whose `import caffe` fails, as in a virtualenv without Caffe."""
+    fake = tmp_path / 'no-caffe' / 'caffe'
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text('raise ImportError("no Caffe in this environment")\n')
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(fake.parent), str(paths.REPO)])}
+
+
+def test_infer_runs_both_runtimes_without_caffe_and_labels_as_caffe(tmp_path, capsys):
+    net, weights = random_toy(tmp_path)
+    onnx_file = tmp_path / 'toy.onnx'
+    export_command.main(['toy-fcn8s', '--weights', str(weights), '--onnx', str(onnx_file)])
+    assert 'opset 17' in capsys.readouterr().out
+    folder = images(tmp_path / 'images')
+    infer_command.main(['toy-fcn8s', '--weights', str(weights), str(folder),
+                        '--out', str(tmp_path / 'caffe')])
+    env = without_caffe(tmp_path)
+    infer = [sys.executable, str(paths.REPO / 'solve' / 'infer.py'), 'toy-fcn8s', str(folder)]
+    for runtime, given in (('opencv', ['--weights', str(weights)]),
+                           ('onnxruntime', ['--onnx', str(onnx_file)])):
+        done = subprocess.run(infer + ['--runtime', runtime, *given, '--probabilities',
+                                       '--out', str(tmp_path / runtime)],
+                              env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        for name in ('rgb', 'grey16', 'rgba'):
+            assert (tmp_path / runtime / f'{name}.png').read_bytes() == \
+                (tmp_path / 'caffe' / f'{name}.png').read_bytes(), (runtime, name)
+            assert (tmp_path / runtime / f'{name}_prob.npz').is_file()
+    done = subprocess.run([sys.executable, '-c', 'import caffe'], env=env,
+                          capture_output=True, text=True)
+    assert 'no Caffe in this environment' in done.stderr
+
+
+def test_export_refuses_a_layer_it_does_not_write(tmp_path):
+    from caffe import layers as L
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
+    n.conv = L.Convolution(n.data, num_output=2, kernel_size=3)
+    n.prob = L.Sigmoid(n.conv)
+    net_param = n.to_proto()
+    with pytest.raises(onnx_export.ExportError, match=r'layer prob \(Sigmoid\): this layer '
+                                                      r'type is not written'):
+        onnx_export.to_onnx(net_param, {'conv': [np.zeros((2, 3, 3, 3)), np.zeros(2)]})
+    with pytest.raises(onnx_export.ExportError, match=r'layer conv \(Convolution\) needs 2 '
+                                                      r'parameter blobs .* gives? it 0'):
+        onnx_export.to_onnx(net_param, {})
+
+
+def test_export_refuses_another_nets_weights(tmp_path, capsys):
+    _, weights = random_toy(tmp_path)
+    with pytest.raises(UsageError, match=r"toy.caffemodel: layer conv1_1 holds blobs of "
+                                         r"shapes .* another net's weights"):
+        export_command.main(['voc-fcn8s', '--weights', str(weights),
+                             '--onnx', str(tmp_path / 'x.onnx')])
+    assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_unreadable_model_files_are_named(tmp_path):
+    broken = tmp_path / 'broken.onnx'
+    broken.write_bytes(b'not an onnx model')
+    with pytest.raises(UsageError, match=r'ONNX Runtime .* cannot load .*broken.onnx.* '
+                                         r'solve/export.py'):
+        runtimes.OnnxRuntime(broken)
+    with pytest.raises(UsageError, match=r'missing.onnx does not exist'):
+        runtimes.OnnxRuntime(tmp_path / 'missing.onnx')
+    prototxt = paths.MODELS_DIR / 'toy-fcn8s' / 'deploy.prototxt'
+    cut = tmp_path / 'cut.caffemodel'
+    _, weights = random_toy(tmp_path)
+    cut.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(UsageError, match=r'cut.caffemodel'):
+        runtimes.OpenCVRuntime(prototxt, cut)
+
+
+def test_opencv_names_a_layer_type_it_lacks(tmp_path):
+    from caffe import layers as L
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
+    n.score = L.Python(n.data, module='layers.voc', layer='VOCSegDataLayer')
+    prototxt = tmp_path / 'python.prototxt'
+    prototxt.write_text(str(n.to_proto()))
+    weights = tmp_path / 'none.caffemodel'
+    caffe.Net(str(paths.MODELS_DIR / 'toy-fcn8s' / 'deploy.prototxt'), caffe.TEST).save(
+        str(weights))
+    with pytest.raises(UsageError, match=r"OpenCV .* cannot read .*python.prototxt.*"
+                                         r"type \"Python\""):
+        runtimes.OpenCVRuntime(prototxt, weights)
+
+
+def test_the_deploy_inputs_are_read_without_caffe():
+    for model, inputs in (('voc-fcn8s', {'data': 3}),
+                          ('nyud-fcn32s-color-d', {'color': 3, 'depth': 1})):
+        prototxt = paths.MODELS_DIR / model / 'deploy.prototxt'
+        assert runtimes.prototxt_inputs(prototxt) == inputs
+        net_param = read_net(prototxt)
+        assert [layer.type for layer in net_param.layer][0] == 'Input'
+
+
+def test_opencv_refuses_weights_that_do_not_fill_the_net(tmp_path):
+    """OpenCV itself ends the process on such weights (a segmentation fault)."""
+    fcn32s = caffe.Net(str(paths.MODELS_DIR / 'toy-fcn32s' / 'deploy.prototxt'), caffe.TEST)
+    weights = tmp_path / 'fcn32s.caffemodel'
+    fcn32s.save(str(weights))
+    prototxt = paths.MODELS_DIR / 'toy-fcn8s' / 'deploy.prototxt'
+    with pytest.raises(UsageError, match=r'fcn32s.caffemodel has no weights for 5 layers of '
+                                         r'.*toy-fcn8s/deploy.prototxt \(upscore2, '
+                                         r'score_pool4, .*another net'):
+        runtimes.OpenCVRuntime(prototxt, weights)
+    with pytest.raises(UsageError, match=r'layer conv1_1 holds blobs of shapes '
+                                         r'\(8, 3, 3, 3\), \(8,\) where .* has '
+                                         r'\(64, 3, 3, 3\), \(64,\)'):
+        runtimes.check_weights(paths.MODELS_DIR / 'voc-fcn8s' / 'deploy.prototxt', weights)
+
+
+def test_the_weights_fields_are_caffes():
+    from fcn import caffemodel
+    from fcn.prototxt import caffe_pb2
+    for (message, name), number in caffemodel.WEIGHTS_FIELDS.items():
+        assert getattr(caffe_pb2(), message).DESCRIPTOR.fields_by_name[name].number == number
+
+
+def test_the_parameter_shapes_read_without_caffe_are_caffes():
+    for model in ('voc-fcn8s-atonce', 'voc-fcn-googlenet', 'voc-fcn-alexnet',
+                  'nyud-fcn32s-color-d', 'siftflow-fcn8s'):
+        prototxt = paths.MODELS_DIR / model / 'deploy.prototxt'
+        net = caffe.Net(str(prototxt), caffe.TEST)
+        read = runtimes.parameter_shapes(prototxt)
+        assert set(read) == set(net.params), model
+        for name, blobs in net.params.items():
+            assert read[name][0] == [blob.data.shape for blob in blobs], (model, name)
+        filled = {name for name, (_, by_definition) in read.items() if by_definition}
+        assert filled == ({'scale_pool3', 'scale_pool4'} if model.endswith('atonce') else set())
