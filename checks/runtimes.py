@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+# Caffe's environment (quiet glog, the BLAS for this CPU) before caffe is imported.
+from fcn.runtime import caffe_env  # noqa: F401
 from fcn.errors import UsageError, run_command
 
 MAX_RELATIVE = 1e-4

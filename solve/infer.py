@@ -104,7 +104,8 @@ def main(argv=None):
     names = {h.label: nets.class_names(spec, h) for h in spec.heads}
     inference.infer_files(runtime, spec.heads, inference.input_mean(spec), images,
                           out, names, args.probabilities,
-                          args.max_side, label=f'infer {args.model} ({args.runtime})')
+                          args.max_side, label=f'infer {args.model}'
+                          + ('' if args.runtime == 'caffe' else f' ({args.runtime})'))
     print(f'wrote {len(images)} images\' labels and overlays to {out}')
 
 

@@ -296,7 +296,7 @@ def test_infer_segments_a_folder_of_every_size_and_mode(tmp_path, served, monkey
     infer_command.main(['voc-fcn8s-atonce', '--weights', 'released', str(images), '--probabilities',
                 '--cpu'])
     out = tmp_path / 'runs/released/voc-fcn8s-atonce/infer'
-    assert 'infer voc-fcn8s-atonce (caffe): 6/6' in capsys.readouterr().err
+    assert 'infer voc-fcn8s-atonce: 6/6' in capsys.readouterr().err
     weights = tmp_path / 'weights/released/fcn8s-atonce-pascal.caffemodel'
     net = instantiate(read_net(tmp_path / 'models/voc-fcn8s-atonce/deploy.prototxt'), tmp_path,
                       weights)

@@ -194,3 +194,33 @@ def test_the_parameter_shapes_read_without_caffe_are_caffes():
             assert read[name][0] == [blob.data.shape for blob in blobs], (model, name)
         filled = {name for name, (_, by_definition) in read.items() if by_definition}
         assert filled == ({'scale_pool3', 'scale_pool4'} if model.endswith('atonce') else set())
+
+
+def test_score_gives_caffes_confusion_on_every_runtime(tmp_path, capsys):
+    import json
+    from data import toy
+    from solve import score as score_command
+    toy.generate(tmp_path / 'data' / 'toy', seg_train=1, seg_val=4, cls_train=0, cls_val=0,
+                 seg_size=64, min_radius=6.0, max_radius=28.0)
+    _, weights = random_toy(tmp_path)
+    onnx_file = tmp_path / 'toy.onnx'
+    export_command.main(['toy-fcn8s', '--weights', str(weights), '--onnx', str(onnx_file)])
+    common = ['toy-fcn8s', '--data-dir', str(tmp_path / 'data'), '--cpu']
+    reports = {}
+    for runtime, given in (('caffe', ['--weights', str(weights)]),
+                           ('opencv', ['--weights', str(weights)]),
+                           ('onnxruntime', ['--onnx', str(onnx_file)])):
+        reports[runtime] = tmp_path / f'{runtime}.json'
+        score_command.main(common + given + ['--runtime', runtime,
+                                             '--json', str(reports[runtime])])
+    documents = {runtime: json.loads(path.read_text()) for runtime, path in reports.items()}
+    caffe_document = documents['caffe']
+    assert caffe_document['n_images'] == 4 and 'runtime' not in caffe_document
+    assert np.array(caffe_document['confusion']).sum() == 4 * 64 * 64
+    for runtime in ('opencv', 'onnxruntime'):
+        document = documents[runtime]
+        assert document.pop('runtime') == runtime
+        assert document.pop('weights') == str(onnx_file if runtime == 'onnxruntime'
+                                               else weights)
+        assert document == {key: value for key, value in caffe_document.items()
+                            if key != 'weights'}
