@@ -360,14 +360,20 @@ runs/%/data-check.json:
 # installed here, not by requirements.txt (2.13.0 is a CPU build).
 BENCH_TORCH := torch==2.13.0
 
-.PHONY: bench bench-torch bench-blas
+.PHONY: bench bench-torch bench-blas bench-runtimes
 
 bench-torch: $(VENV_STAMP) ## PyTorch (CPU) in the virtualenv, for `make bench` only
 	$(PY) -c 'import torch' 2>/dev/null || \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check $(BENCH_TORCH)
 
-bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memory (BENCH_ARGS=)
+bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memory (BENCH_ARGS=); then bench-runtimes
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.runtimes
+
+# The runtimes infer.py runs on (Caffe, OpenCV, ONNX Runtime): FCN-8s's forward pass at
+# 500x375, each in its own process, checked against Caffe first.
+bench-runtimes: caffe ## Caffe vs OpenCV vs ONNX Runtime: FCN-8s forward time and peak memory, CPU
+	$(PY) -m bench.runtimes
 
 # The same Caffe binary on each other BLAS (bench/blas.py fetches MKL and a current
 # OpenBLAS as pinned wheels, installs Debian's other builds), against the BLAS the tools

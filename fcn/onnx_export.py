@@ -19,7 +19,8 @@ import numpy as np
 
 from fcn.errors import UsageError
 
-# Run by onnxruntime 1.30 and OpenCV 4.14's ONNX importer alike.
+# ONNX Runtime 1.30 runs it, and OpenCV 5's ONNX importer reads it (OpenCV 4's refuses the
+# crops' run-time shapes: it reads the Caffe files instead, fcn/runtimes.py).
 OPSET = 17
 # The names of the free input dimensions.
 FREE_DIMS = ('batch', 'height', 'width')
