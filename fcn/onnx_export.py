@@ -303,6 +303,9 @@ def save(model, path):
     try:
         onnx.save_model(model, str(tmp))
         os.replace(tmp, path)
+    except OSError as error:
+        raise ExportError(f'cannot write {path} ({error.strerror or error}): choose a '
+                          f'writable place with room for the model') from None
     finally:
         tmp.unlink(missing_ok=True)
 

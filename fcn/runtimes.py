@@ -243,6 +243,10 @@ class OnnxRuntime:
         pass
 
     def forward(self, inputs):
-        results = self.session.run(self.outputs, {name: np.ascontiguousarray(a, np.float32)
-                                                  for name, a in inputs.items()})
+        try:
+            results = self.session.run(self.outputs, {
+                name: np.ascontiguousarray(a, np.float32) for name, a in inputs.items()})
+        except Exception as error:  # onnxruntime's own exception types are not public
+            raise UsageError(f'ONNX Runtime could not run the net '
+                             f'({str(error).strip().splitlines()[-1]})') from None
         return dict(zip(self.outputs, results))

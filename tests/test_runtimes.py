@@ -224,3 +224,28 @@ def test_score_gives_caffes_confusion_on_every_runtime(tmp_path, capsys):
                                                else weights)
         assert document == {key: value for key, value in caffe_document.items()
                             if key != 'weights'}
+
+
+def test_no_blas_is_chosen_for_caffe_where_there_is_no_caffe(tmp_path, monkeypatch, capsys):
+    """On an Intel CPU a light virtualenv neither looks for MKL nor warns about it."""
+    import importlib.util
+    from fcn.runtime import caffe_env
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('vendor_id\t: GenuineIntel\n')
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *rest: None if name == 'caffe' else find_spec(name, *rest))
+    environ = {}
+    assert caffe_env.choose_blas(environ, cpuinfo) == ('default', None)
+    assert environ == {} and capsys.readouterr().err == ''
+
+
+def test_export_says_where_it_cannot_write(tmp_path):
+    from caffe import layers as L
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
+    n.score = L.ReLU(n.data)
+    model = onnx_export.to_onnx(n.to_proto(), {})
+    (tmp_path / 'taken.onnx').mkdir()
+    with pytest.raises(UsageError, match=r'cannot write .*taken.onnx'):
+        onnx_export.save(model, tmp_path / 'taken.onnx')
