@@ -92,6 +92,9 @@ def main(argv=None):
         parser.error('--onnx is for --runtime onnxruntime')
     if args.runtime != 'caffe' and args.gpu is not None:
         parser.error(f'--runtime {args.runtime} runs on the CPU; --gpu is for --runtime caffe')
+    if args.runtime != 'caffe' and args.allow_missing_layers:
+        parser.error('--allow-missing-layers is for --runtime caffe: OpenCV cannot run a net '
+                     'with layers left empty, and an ONNX file holds every weight')
     spec = nets.model_spec(args.model)
     images = inference.image_paths(args.images)
     if args.max_side is not None and args.max_side < 1:

@@ -158,6 +158,9 @@ def main(argv=None):
             parser.error('MODEL needs --weights')
         elif args.onnx is not None:
             parser.error('--onnx is for --runtime onnxruntime')
+        if args.runtime != 'caffe' and (args.gpu is not None or args.allow_missing_layers):
+            parser.error(f'--runtime {args.runtime} runs on the CPU with all of the net\'s '
+                         f'weights: --gpu and --allow-missing-layers are for --runtime caffe')
         if args.images is not None and args.images < 1:
             parser.error(f'--images {args.images}: give at least 1')
         hists, names, ignore, extra, json_path = score_model(args)

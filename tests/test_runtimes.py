@@ -22,6 +22,7 @@ from fcn.errors import UsageError
 from fcn.prototxt import read_net
 from solve import export as export_command
 from solve import infer as infer_command
+from solve import score as score_command
 
 caffe.set_mode_cpu()
 
@@ -199,7 +200,6 @@ def test_the_parameter_shapes_read_without_caffe_are_caffes():
 def test_score_gives_caffes_confusion_on_every_runtime(tmp_path, capsys):
     import json
     from data import toy
-    from solve import score as score_command
     toy.generate(tmp_path / 'data' / 'toy', seg_train=1, seg_val=4, cls_train=0, cls_val=0,
                  seg_size=64, min_radius=6.0, max_radius=28.0)
     _, weights = random_toy(tmp_path)
@@ -249,3 +249,20 @@ def test_export_says_where_it_cannot_write(tmp_path):
     (tmp_path / 'taken.onnx').mkdir()
     with pytest.raises(UsageError, match=r'cannot write .*taken.onnx'):
         onnx_export.save(model, tmp_path / 'taken.onnx')
+
+
+@pytest.mark.parametrize('command', [infer_command, score_command])
+def test_caffes_options_are_refused_for_other_runtimes(command, tmp_path, capsys):
+    images = [] if command is not infer_command else [str(tmp_path)]
+    for arguments, said in (
+            (['--runtime', 'onnxruntime', '--weights', 'w.caffemodel'], 'takes --onnx FILE'),
+            (['--runtime', 'opencv'], 'needs --weights' if images else 'MODEL needs --weights'),
+            (['--runtime', 'opencv', '--weights', 'w', '--onnx', 'x.onnx'],
+             '--onnx is for --runtime onnxruntime'),
+            (['--runtime', 'opencv', '--weights', 'w', '--gpu', '0'], '--gpu'),
+            (['--runtime', 'opencv', '--weights', 'w', '--allow-missing-layers'],
+             '--allow-missing-layers')):
+        with pytest.raises(SystemExit) as stopped:
+            command.main(['toy-fcn8s', *images, *arguments])
+        assert stopped.value.code == 2
+        assert said in capsys.readouterr().err
