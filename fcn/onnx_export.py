@@ -42,6 +42,8 @@ def pair(values, single_h, single_w, default):
 
 
 class Converter:
+    """One net's conversion: a method per Caffe layer type (LAYERS) adds its nodes."""
+
     def __init__(self, net_param, params):
         import onnx
         from onnx import helper, numpy_helper

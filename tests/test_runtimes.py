@@ -266,3 +266,28 @@ def test_caffes_options_are_refused_for_other_runtimes(command, tmp_path, capsys
             command.main(['toy-fcn8s', *images, *arguments])
         assert stopped.value.code == 2
         assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('kernel,stride,pad', [(3, 2, 1), (2, 2, 1), (3, 3, 1), (3, 2, 0)])
+def test_pooling_rounds_as_caffe_does(kernel, stride, pad, tmp_path):
+    """Caffe rounds the output size up and drops a last window that starts in the padding
+    (9 rows, kernel 2, stride 2, pad 1: 5 rows, not 6)."""
+    import onnxruntime
+    from caffe import params as P
+    from caffe import layers as L
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 2, 9, 9]))
+    n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=kernel, stride=stride, pad=pad)
+    net_param = n.to_proto()
+    (tmp_path / 'pool.prototxt').write_text(str(net_param))
+    net = caffe.Net(str(tmp_path / 'pool.prototxt'), caffe.TEST)
+    session = onnxruntime.InferenceSession(
+        onnx_export.to_onnx(net_param, {}).SerializeToString(),
+        providers=['CPUExecutionProvider'])
+    rng = np.random.default_rng(5)
+    for size in ((9, 9), (10, 11), (7, 8), (12, 13)):
+        x = rng.normal(size=(1, 2, *size)).astype(np.float32)
+        net.blobs['data'].reshape(*x.shape)
+        net.blobs['data'].data[...] = x
+        net.forward()
+        np.testing.assert_array_equal(session.run(None, {'data': x})[0], net.blobs['pool'].data)
