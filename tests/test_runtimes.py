@@ -291,3 +291,14 @@ def test_pooling_rounds_as_caffe_does(kernel, stride, pad, tmp_path):
         net.blobs['data'].data[...] = x
         net.forward()
         np.testing.assert_array_equal(session.run(None, {'data': x})[0], net.blobs['pool'].data)
+
+
+def test_a_tie_within_the_tolerance_is_no_disagreement():
+    reference = np.zeros((1, 3, 1, 3), np.float32)
+    reference[0, :, 0, 0] = (0, 1, 1 - 1e-6)   # classes 1 and 2 tie within the tolerance
+    reference[0, :, 0, 1] = (0, 1, 0.5)        # class 1 first by far
+    reference[0, :, 0, 2] = (0, 0.2, 0.1)
+    scores = reference.copy()
+    scores[0, 2, 0, 0] = 2                     # the runtime ranks class 2 first: a tie
+    scores[0, 2, 0, 1] = 2                     # ... and here: a disagreement
+    assert runtime_check.tied_argmax(scores, reference).tolist() == [[[True, False, True]]]
