@@ -83,6 +83,7 @@ def serve(runtime, folder):
     scores = None
     for line in sys.stdin:
         if line.strip() == 'run':
+            engine.adapt()  # as infer.py does before each image (Caffe's thread count)
             start = time.perf_counter()
             scores = engine.forward(inputs)['score']
             reply = {'seconds': time.perf_counter() - start}
