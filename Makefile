@@ -15,7 +15,7 @@ VENV_STAMP := $(VENV)/.requirements-installed
 # Glog's start-up chatter (every layer's set-up) is off unless asked for.
 export GLOG_minloglevel ?= 2
 
-.PHONY: help venv caffe test test-caffe test-caffe-cpp test-project
+.PHONY: help venv venv-infer caffe test test-caffe test-caffe-cpp test-project
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -31,6 +31,20 @@ $(VENV_STAMP): requirements.txt
 	touch $@
 
 venv: $(VENV_STAMP) ## the virtualenv (.venv) with pinned requirements
+
+# Inference without Caffe: numpy, pillow, ONNX Runtime and OpenCV only (no build, no
+# compiler); infer.py --runtime opencv|onnxruntime runs from it.
+VENV_INFER ?= .venv-infer
+VENV_INFER_STAMP := $(VENV_INFER)/.requirements-installed
+
+$(VENV_INFER_STAMP): requirements-infer.txt
+	$(PYTHON) -m venv $(VENV_INFER)
+	$(VENV_INFER)/bin/pip install --quiet --disable-pip-version-check -r requirements-infer.txt
+	$(VENV_INFER)/bin/python -c 'import pathlib, sysconfig; \
+		pathlib.Path(sysconfig.get_paths()["purelib"], "fcn-project.pth").write_text("$(CURDIR)\n")'
+	touch $@
+
+venv-infer: $(VENV_INFER_STAMP) ## a light virtualenv (.venv-infer) for infer.py --runtime opencv|onnxruntime: no Caffe
 
 caffe: $(VENV_STAMP) ## build BVLC Caffe from source (cached; CAFFE_SRC=tree|tarball, BLAS=openblas|openblas-pthread|blis); MKL made ready on Intel CPUs (FCN_BLAS=auto|mkl|default)
 	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS))
@@ -346,14 +360,20 @@ runs/%/data-check.json:
 # installed here, not by requirements.txt (2.13.0 is a CPU build).
 BENCH_TORCH := torch==2.13.0
 
-.PHONY: bench bench-torch bench-blas
+.PHONY: bench bench-torch bench-blas bench-runtimes
 
 bench-torch: $(VENV_STAMP) ## PyTorch (CPU) in the virtualenv, for `make bench` only
 	$(PY) -c 'import torch' 2>/dev/null || \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check $(BENCH_TORCH)
 
-bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memory (BENCH_ARGS=)
+bench: caffe bench-torch ## Caffe vs PyTorch on voc-fcn8s: speed, GEMM use, memory (BENCH_ARGS=); then bench-runtimes
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.runtimes
+
+# The runtimes infer.py runs on (Caffe, OpenCV, ONNX Runtime): FCN-8s's forward pass at
+# 500x375, each in its own process, checked against Caffe first.
+bench-runtimes: caffe ## Caffe vs OpenCV vs ONNX Runtime: FCN-8s forward time and peak memory, CPU
+	$(PY) -m bench.runtimes
 
 # The same Caffe binary on each other BLAS (bench/blas.py fetches MKL and a current
 # OpenBLAS as pinned wheels, installs Debian's other builds), against the BLAS the tools
@@ -412,6 +432,17 @@ demo-repeat-check: $(TOY_STAMP) | caffe ## two short toy runs (classifier, surge
 .PHONY: demo-band
 demo-band: | caffe ## the demo for 3 seeds x 2 BLAS kernels: its band of scores and times (~50 min; BAND_ARGS=)
 	$(PY) -m bench.demo_band $(BAND_ARGS)
+
+# ---- runtimes ----------------------------------------------------------------------
+# Inference without Caffe, checked against Caffe at full width: every FCN deploy net with
+# random weights of the real shapes, exported to ONNX by the project's converter and run
+# on ONNX Runtime, and read from its prototxt and caffemodel by OpenCV, at two odd input
+# sizes (make test does the same at 1/16 of the width: tests/test_runtimes.py).
+
+.PHONY: check-runtimes
+
+check-runtimes: caffe ## OpenCV and ONNX Runtime vs Caffe on every FCN at full width (MODELS=..., SIZES=37x53,61x45)
+	$(PY) -m checks.runtimes $(if $(SIZES),--sizes $(SIZES)) $(subst $(comma), ,$(MODELS))
 
 # ---- rehearsal ---------------------------------------------------------------------
 # Every real pipeline at full size on the CPU, with only the iteration and image counts

@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from fcn.errors import run_command
 from fcn.paths import data_root
@@ -151,6 +150,7 @@ def prepare_nyud(fetcher, root):
 
 
 def nyud_ids_from_mat(path):
+    import scipy.io  # only datasets need it: fetching weights runs without it (venv-infer)
     names = scipy.io.loadmat(str(path)).get('split_ids')
     if names is None:
         raise PrepareError('{} has no variable split_ids'.format(path))
@@ -191,6 +191,7 @@ def siftflow_annotated(siftflow, example_id):
         path = siftflow / folder / SIFTFLOW_SCENES / (example_id + '.mat')
         if not path.exists():
             return False
+        import scipy.io
         labels = scipy.io.loadmat(str(path)).get('S')
         if labels is None or np.isin(labels, void).all():
             return False

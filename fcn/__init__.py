@@ -9,6 +9,9 @@
   training/    a training run (trainer), what it starts from (start), several GPUs
   evaluation   confusion matrices, the four metrics, sharded scoring
   inference    segmenting images
+  runtimes     what runs a deploy net: Caffe, OpenCV's DNN module, ONNX Runtime
+  onnx_export  a deploy net and its weights as an ONNX model
+  constants    the data layers' class names and means read without importing Caffe
   surgery      classifier weights carried into FCNs; bilinear upsampling
   declare      a model of one's own declared on a dataset (models/user/NAME.json)
   runtime/     Caffe's environment and BLAS, the thread count, CPU or GPU

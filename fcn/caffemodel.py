@@ -40,9 +40,31 @@ class WeightsFileError(UsageError):
     file, or another net's weights; the message names the file and what to do."""
 
 
+# The field numbers of caffe.proto that reading a weights file's layers needs, for a
+# process without pycaffe (inference on OpenCV); the wire format fixes them, and a test
+# checks them against caffe_pb2's descriptors.
+WEIGHTS_FIELDS = {
+    ('NetParameter', 'layer'): 100, ('NetParameter', 'layers'): 2,
+    ('LayerParameter', 'name'): 1, ('LayerParameter', 'blobs'): 7,
+    ('V1LayerParameter', 'name'): 4, ('V1LayerParameter', 'blobs'): 6,
+    ('BlobProto', 'num'): 1, ('BlobProto', 'channels'): 2, ('BlobProto', 'height'): 3,
+    ('BlobProto', 'width'): 4, ('BlobProto', 'data'): 5, ('BlobProto', 'diff'): 6,
+    ('BlobProto', 'shape'): 7, ('BlobProto', 'double_data'): 8,
+    ('BlobProto', 'double_diff'): 9,
+}
+
+
 @lru_cache(maxsize=None)
 def field_number(message, name):
-    return getattr(caffe_pb2(), message).DESCRIPTOR.fields_by_name[name].number
+    """A field's number in caffe.proto: from caffe_pb2, else (no pycaffe here) from
+    WEIGHTS_FIELDS."""
+    try:
+        pb2 = caffe_pb2()
+    except (UsageError, ImportError, OSError):
+        if (message, name) in WEIGHTS_FIELDS:
+            return WEIGHTS_FIELDS[message, name]
+        raise
+    return getattr(pb2, message).DESCRIPTOR.fields_by_name[name].number
 
 
 def read_varint(buffer, position, end):

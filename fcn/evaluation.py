@@ -117,8 +117,11 @@ def data_layer_count(net):
     return count
 
 
-def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score', limit=None):
-    """Forward `net` over its split and count every head's predictions.
+def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score', limit=None,
+              runtime=None):
+    """Forward `net` over its split and count every head's predictions; with `runtime`
+    (fcn.runtimes: OpenCV, ONNX Runtime) the net runs only its data layers and the runtime
+    computes the scores from the data tops of its inputs' names.
 
     Scores are (batch, classes, ...) and labels (batch, 1, ...) or (batch,): a
     segmentation net gives a label map per image, a classifier one label per example.
@@ -140,10 +143,15 @@ def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score',
     progress = Progress(label, end - start * batch)
     for first in range(start * batch, end, batch):
         threads.adapt()
-        net.forward()
+        if runtime is None:
+            net.forward()
+            scores = {head.score: net.blobs[head.score].data for head in heads}
+        else:
+            net._forward(0, last_data_layer)
+            scores = runtime.forward({name: net.blobs[name].data for name in runtime.inputs})
         count = min(batch, end - first)
         for head in heads:
-            pred = net.blobs[head.score].data.argmax(1)
+            pred = scores[head.score].argmax(1)
             gt = net.blobs[head.label].data.reshape(pred.shape)
             for b in range(count):
                 hists[head.label].add(gt[b], pred[b])

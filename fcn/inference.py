@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fcn.runtime import threads
-from fcn import pictures
-from fcn.nets import UsageError
+from fcn import constants, pictures
+from fcn.errors import UsageError
 from fcn.progress import Progress
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
@@ -27,16 +26,20 @@ def input_mean(spec):
     params = dict(spec.val_data.params) if spec.val_data else {}
     if 'mean' in params:
         return np.array(params['mean'], np.float32)
-    module = importlib.import_module(spec.val_data.layer.rsplit('.', 1)[0])
+    module = spec.val_data.layer.rsplit('.', 1)[0]
     name = 'MEAN_HHA' if tuple(spec.modalities) == ('hha',) else 'MEAN_BGR'
-    return np.asarray(getattr(module, name), np.float32)
+    mean = constants.module_constant(module, name)
+    if mean is None:  # not a literal: the layer module itself (which imports Caffe)
+        mean = getattr(importlib.import_module(module), name)
+    return np.asarray(mean, np.float32)
 
 
-def single_input(net, model):
-    """The deploy net's one 3-channel input, or an error naming what it takes instead."""
-    shapes = {name: net.blobs[name].data.shape for name in net.inputs}
-    if len(shapes) != 1 or next(iter(shapes.values()))[1] != 3:
-        described = ', '.join(f'{n} ({s[1]} channels)' for n, s in shapes.items())
+def single_input(runtime, model):
+    """The deploy net's one 3-channel input (runtime: fcn.runtimes), or an error naming
+    what it takes instead."""
+    shapes = runtime.inputs
+    if len(shapes) != 1 or next(iter(shapes.values())) != 3:
+        described = ', '.join(f'{n} ({c} channels)' for n, c in shapes.items())
         raise UsageError(f'{model} takes {described}; infer.py feeds one 3-channel image '
                          f'per input and cannot run it')
     return next(iter(shapes))
@@ -121,18 +124,18 @@ def softmax(scores):
     return (shifted / shifted.sum(0, keepdims=True)).astype(np.float32)
 
 
-def segment(net, input_name, rgb, mean, heads, max_side=None):
-    """Class scores per pixel of one HxWx3 RGB image at its own size:
-    {head label: K x H x W float32}."""
+def segment(runtime, input_name, rgb, mean, heads, max_side=None):
+    """Class scores per pixel of one HxWx3 RGB image at its own size, by a runtime of
+    fcn.runtimes: {head label: K x H x W float32}."""
     seen = fitted(rgb, max_side)
     bgr = seen[:, :, ::-1].astype(np.float32) - mean
-    net.blobs[input_name].reshape(1, 3, *seen.shape[:2])
-    net.blobs[input_name].data[0] = bgr.transpose(2, 0, 1)
-    net.reshape()
-    net.forward()
+    outputs = runtime.forward({input_name: bgr.transpose(2, 0, 1)[np.newaxis]})
     scores = {}
     for head in heads:
-        head_scores = net.blobs[head.score].data[0]
+        if head.score not in outputs:
+            raise UsageError(f'the net has no output {head.score} (its outputs: '
+                             f'{", ".join(outputs)}): give the deploy net of the model')
+        head_scores = outputs[head.score][0]
         if head_scores.shape[1:] != seen.shape[:2]:
             raise UsageError(f'{head.score} is {head_scores.shape[1]}x{head_scores.shape[2]} '
                              f'for a {seen.shape[0]}x{seen.shape[1]} image: not a deploy FCN')
@@ -140,17 +143,18 @@ def segment(net, input_name, rgb, mean, heads, max_side=None):
     return scores
 
 
-def infer_files(net, heads, mean, paths, out_dir, class_names=None, probabilities=False,
+def infer_files(runtime, heads, mean, paths, out_dir, class_names=None, probabilities=False,
                 max_side=None, label='infer'):
-    """Segment image files into out_dir; returns the label PNGs written. class_names:
-    {head label: names} for the legends (default: class numbers)."""
-    input_name = single_input(net, 'the net')
+    """Segment image files into out_dir by a runtime of fcn.runtimes; returns the label
+    PNGs written. class_names: {head label: names} for the legends (default: class
+    numbers)."""
+    input_name = single_input(runtime, 'the net')
     written = []
     progress = Progress(label, len(paths))
     for path in paths:
         rgb = read_rgb(path)
-        threads.adapt()
-        scores = segment(net, input_name, rgb, mean, heads, max_side)
+        runtime.adapt()
+        scores = segment(runtime, input_name, rgb, mean, heads, max_side)
         for head in heads:
             head_scores = scores[head.label]
             pred = head_scores.argmax(0).astype(np.uint8)

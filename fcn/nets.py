@@ -15,7 +15,7 @@ from pathlib import Path
 # imports this module first, and this module sets it.
 from fcn.runtime import caffe_env  # noqa: F401
 
-from fcn import caffemodel, paths
+from fcn import caffemodel, constants, paths
 from fcn.errors import UsageError
 from fcn.prototxt import data_layers, read_net, temporary_prototxt
 # The training code reads and writes solver files through this module.
@@ -46,9 +46,11 @@ def class_names(spec, head):
     `layers.<dataset>.CLASS_NAMES`, else 'class N'."""
     names = tuple(head.class_names)
     if not names:
+        module = f'layers.{spec.dataset}'
         try:
-            names = tuple(importlib.import_module(f'layers.{spec.dataset}')
-                          .CLASS_NAMES[head.label])
+            table = constants.module_constant(module, 'CLASS_NAMES') \
+                or importlib.import_module(module).CLASS_NAMES
+            names = tuple(table[head.label])
         except (ImportError, AttributeError, KeyError, TypeError):
             names = ()
     if len(names) != head.num_classes:

@@ -4,7 +4,15 @@ class ids as pixel values) and an overlay on the image with a legend of the clas
 present, at the image's own size.
 
   infer.py MODEL --weights W|released IMAGE|FOLDER... [--out DIR] [--probabilities]
-           [--max-side PIXELS] [--cpu | --gpu N]
+           [--max-side PIXELS] [--cpu | --gpu N] [--runtime caffe|opencv]
+  infer.py MODEL --runtime onnxruntime --onnx FILE IMAGE|FOLDER... [--out DIR] ...
+
+The net runs on Caffe (the default), on OpenCV's DNN module (`--runtime opencv`, which
+reads the deploy prototxt and the caffemodel itself) or on ONNX Runtime (`--runtime
+onnxruntime --onnx FILE`, the file solve/export.py writes of the model and its weights).
+The OpenCV and ONNX Runtime paths never import Caffe: a virtualenv with only numpy,
+pillow and the runtime runs them (`make venv-infer`). Both run on the CPU; their scores
+agree with Caffe's (tests/test_runtimes.py).
 
 `--weights released` takes the reference release's weights of MODEL (fetched and verified
 if not yet in weights/released/). Weights are checked before Caffe reads them: a file cut
@@ -30,19 +38,38 @@ size (bilinear) before the labels are taken.
 import argparse
 from pathlib import Path
 
-from fcn import inference, nets, runs
+from fcn import inference, nets, runs, runtimes
 from fcn.errors import run_command
+from fcn.runtime import devices
+
+
+def load_runtime(args):
+    """The runtime (fcn.runtimes) of the model's deploy net and weights."""
+    if args.runtime == 'onnxruntime':
+        return runtimes.OnnxRuntime(args.onnx)
+    weights = nets.weights_file(args.model, args.weights)
+    prototxt = nets.model_file(args.model, 'deploy')
+    if args.runtime == 'opencv':
+        return runtimes.OpenCVRuntime(prototxt, weights)
+    devices.select_device(args)
+    return runtimes.CaffeRuntime(nets.load_net(prototxt, weights,
+                                               allow_missing_layers=args.allow_missing_layers))
 
 
 def main(argv=None):
-    from fcn.runtime import devices
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model', help='model name (models/specs.py or models/user/)')
     parser.add_argument('images', nargs='+', metavar='IMAGE|FOLDER')
-    parser.add_argument('--weights', required=True,
+    parser.add_argument('--weights',
                         help='trained weights (.caffemodel), or "released" for the reference '
-                             "release's weights of MODEL (fetched if absent)")
+                             "release's weights of MODEL (fetched if absent); not with "
+                             '--runtime onnxruntime, whose --onnx file holds them')
+    parser.add_argument('--runtime', choices=runtimes.NAMES, default='caffe',
+                        help='what runs the net (default caffe); opencv and onnxruntime '
+                             'run on the CPU without Caffe')
+    parser.add_argument('--onnx', type=Path, metavar='FILE',
+                        help='the ONNX model for --runtime onnxruntime (solve/export.py)')
     parser.add_argument('--out', type=Path, help='output folder (default runs/MODEL/infer, '
                         'runs/released/MODEL/infer for the released weights)')
     parser.add_argument('--probabilities', action='store_true',
@@ -55,22 +82,33 @@ def main(argv=None):
                         "it such weights, another net's, are refused")
     devices.add_device_args(parser)
     args = parser.parse_args(argv)
+    if args.runtime == 'onnxruntime':
+        if args.onnx is None or args.weights is not None:
+            parser.error('--runtime onnxruntime takes --onnx FILE (written by '
+                         'solve/export.py, which holds the weights), not --weights')
+    elif args.weights is None:
+        parser.error(f'--runtime {args.runtime} needs --weights')
+    elif args.onnx is not None:
+        parser.error('--onnx is for --runtime onnxruntime')
+    if args.runtime != 'caffe' and args.gpu is not None:
+        parser.error(f'--runtime {args.runtime} runs on the CPU; --gpu is for --runtime caffe')
+    if args.runtime != 'caffe' and args.allow_missing_layers:
+        parser.error('--allow-missing-layers is for --runtime caffe: OpenCV cannot run a net '
+                     'with layers left empty, and an ONNX file holds every weight')
     spec = nets.model_spec(args.model)
     images = inference.image_paths(args.images)
     if args.max_side is not None and args.max_side < 1:
         parser.error('--max-side must be a positive number of pixels')
-    devices.select_device(args)
-    weights = nets.weights_file(args.model, args.weights)
-    net = nets.load_net(nets.model_file(args.model, 'deploy'), weights,
-                        allow_missing_layers=args.allow_missing_layers)
+    runtime = load_runtime(args)
     released = args.weights == nets.RELEASED
-    inference.single_input(net, args.model)
+    inference.single_input(runtime, args.model)
     out = args.out or (runs.released_folder(args.model) if released
                        else runs.run_folder(args.model)).infer
     names = {h.label: nets.class_names(spec, h) for h in spec.heads}
-    inference.infer_files(net, spec.heads, inference.input_mean(spec), images,
+    inference.infer_files(runtime, spec.heads, inference.input_mean(spec), images,
                           out, names, args.probabilities,
-                args.max_side, label=f'infer {args.model}')
+                          args.max_side, label=f'infer {args.model}'
+                          + ('' if args.runtime == 'caffe' else f' ({args.runtime})'))
     print(f'wrote {len(images)} images\' labels and overlays to {out}')
 
 

@@ -14,6 +14,10 @@ Three ways in:
 `--shard i/n` scores the i-th of n contiguous blocks of the images and `--save-hist`
 keeps its histogram, so one split can be scored on several machines and merged.
 
+`--runtime opencv` (with --weights) or `--runtime onnxruntime --onnx FILE` computes the
+scores on that runtime instead of Caffe (Caffe's data layers still read the split), so
+that its mean IU can be set beside Caffe's; the report goes to score-RUNTIME.json.
+
 MODEL's weights are checked before Caffe reads them: a file cut short or of another kind
 is refused, and so are weights lacking layers of the model's val net (another model's)
 unless --allow-missing-layers.
@@ -26,7 +30,7 @@ have predictions but no ground truth pixels, which the reference wrongly counted
 import argparse
 from pathlib import Path
 
-from fcn import evaluation, nets, runs
+from fcn import evaluation, nets, runs, runtimes
 from fcn.errors import run_command
 
 
@@ -46,17 +50,27 @@ def score_model(args):
     nets.set_data_dir(args.data_dir)
     devices.select_device(args)
     split = args.split or spec.val_split
-    weights = nets.weights_file(args.model, args.weights)
-    net = nets.load_net(nets.model_file(args.model, 'val'), weights,
+    weights = None if args.weights is None else nets.weights_file(args.model, args.weights)
+    runtime = None
+    if args.runtime == 'onnxruntime':
+        runtime = runtimes.OnnxRuntime(args.onnx)
+    elif args.runtime == 'opencv':
+        runtime = runtimes.OpenCVRuntime(nets.model_file(args.model, 'deploy'), weights)
+    # Another runtime computes the scores: Caffe's val net only reads the data.
+    net = nets.load_net(nets.model_file(args.model, 'val'), weights if runtime is None else None,
                         data_updates={'split': args.split},
                         allow_missing_layers=args.allow_missing_layers)
     released = args.weights == nets.RELEASED
     ids = nets.split_ids(net)
     hists = evaluation.score_net(net, spec.heads, ids, args.shard, args.save_dir,
-                      label=f'score {args.model} {split}', limit=args.images)
+                                 label=f'score {args.model} {split}'
+                                       + (f' ({args.runtime})' if runtime else ''),
+                                 limit=args.images, runtime=runtime)
     names = {h.label: nets.class_names(spec, h) for h in spec.heads}
     ignore = {h.label: args.ignore_absent or h.ignore_absent for h in spec.heads}
-    extra = {'model': args.model, 'weights': str(weights), 'split': split}
+    extra = {'model': args.model, 'weights': str(weights or args.onnx), 'split': split}
+    if runtime is not None:
+        extra['runtime'] = args.runtime
     if released:
         extra['released'] = True
     if args.images:
@@ -72,6 +86,8 @@ def score_model(args):
             folder.score(split, shard)
     else:
         default = runs.run_folder(args.model).score(split, shard)
+    if args.runtime != 'caffe':
+        default = default.with_name(f'{default.stem}-{args.runtime}{default.suffix}')
     return hists, names, ignore, extra, args.json or default
 
 
@@ -104,6 +120,12 @@ def build_parser():
                         help="save this run's histograms for --merge")
     parser.add_argument('--json', type=Path, help='write the report here (and the '
                         'confusion PNG next to it); MODEL default: runs/MODEL/score-SPLIT.json')
+    parser.add_argument('--runtime', choices=runtimes.NAMES, default='caffe',
+                        help='MODEL: what computes the scores (default caffe; Caffe reads '
+                             'the data in every case); opencv and onnxruntime run on the CPU '
+                             'and write score-RUNTIME.json')
+    parser.add_argument('--onnx', type=Path, metavar='FILE',
+                        help='the ONNX model for --runtime onnxruntime (solve/export.py)')
     devices.add_device_args(parser)
     return parser
 
@@ -128,8 +150,17 @@ def main(argv=None):
         ignore = {'label': args.ignore_absent}
         extra, json_path = {'pred_dir': str(args.pred_dir)}, args.json
     else:
-        if args.weights is None:
+        if args.runtime == 'onnxruntime':
+            if args.onnx is None or args.weights is not None:
+                parser.error('--runtime onnxruntime takes --onnx FILE (written by '
+                             'solve/export.py, which holds the weights), not --weights')
+        elif args.weights is None:
             parser.error('MODEL needs --weights')
+        elif args.onnx is not None:
+            parser.error('--onnx is for --runtime onnxruntime')
+        if args.runtime != 'caffe' and (args.gpu is not None or args.allow_missing_layers):
+            parser.error(f'--runtime {args.runtime} runs on the CPU with all of the net\'s '
+                         f'weights: --gpu and --allow-missing-layers are for --runtime caffe')
         if args.images is not None and args.images < 1:
             parser.error(f'--images {args.images}: give at least 1')
         hists, names, ignore, extra, json_path = score_model(args)

@@ -6,7 +6,7 @@ from PIL import Image
 
 import caffe
 
-from fcn import inference
+from fcn import inference, runtimes
 from checks import stress
 from fcn import pictures
 from fcn.nets import UsageError
@@ -32,8 +32,8 @@ def test_labels_and_overlays_at_every_image_size(tmp_path, deploy_net):
     for name, shape in sizes.items():
         Image.fromarray(rng.integers(0, 255, shape + (3,), dtype=np.uint8)).save(tmp_path / name)
     mean = np.array([100, 110, 120], np.float32)
-    written = inference.infer_files(deploy_net, stress.heads(), mean,
-                                [tmp_path / name for name in sizes], tmp_path / 'out')
+    written = inference.infer_files(runtimes.CaffeRuntime(deploy_net), stress.heads(), mean,
+                                    [tmp_path / name for name in sizes], tmp_path / 'out')
     assert [p.name for p in written] == ['small.png', 'wide.png', 'big.png']
     for name, shape in sizes.items():
         stem = name.split('.')[0]
@@ -61,7 +61,8 @@ def test_nets_with_other_inputs_are_refused(tmp_path):
     path = tmp_path / 'fused.prototxt'
     path.write_text(str(n.to_proto()))
     with pytest.raises(UsageError, match=r'takes color \(3 channels\), hha \(3 channels\)'):
-        inference.single_input(caffe.Net(str(path), caffe.TEST), 'fused')
+        inference.single_input(runtimes.CaffeRuntime(caffe.Net(str(path), caffe.TEST)),
+                               'fused')
 
 
 def test_the_mean_is_the_models_own():

@@ -17,7 +17,7 @@ import caffe
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from fcn import caffemodel, inference, paths
+from fcn import caffemodel, inference, paths, runtimes
 from solve import infer as infer_command
 from fcn import nets
 from solve import report
@@ -330,7 +330,8 @@ def test_infer_shrinks_large_images_for_the_net_and_labels_them_at_their_size(tm
     folder = narrow_files(tmp_path / 'models', 'voc-fcn8s')
     weights = tmp_path / 'w.caffemodel'
     write_released(weights, 'voc-fcn8s')
-    net = instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights)
+    net = runtimes.CaffeRuntime(
+        instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights))
     rgb = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / 'big.png')
     inference.infer_files(net, MODELS['voc-fcn8s'].heads, np.array(MEAN, np.float32),
@@ -347,7 +348,8 @@ def test_infer_two_heads_and_refused_inputs(tmp_path):
     folder = narrow_files(tmp_path / 'models', 'siftflow-fcn32s')
     weights = tmp_path / 'w.caffemodel'
     write_released(weights, 'siftflow-fcn32s')
-    net = instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights)
+    net = runtimes.CaffeRuntime(
+        instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights))
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'coast.jpg')
     written = inference.infer_files(net, MODELS['siftflow-fcn32s'].heads, np.zeros(3, np.float32),
                                 [tmp_path / 'coast.jpg'], tmp_path / 'out')

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fcn import inference, nets, pictures, runs
+from fcn import inference, nets, pictures, runs, runtimes
 from fcn.nets import UsageError
 
 CLASSIFIER = 'toy-vgg16'
@@ -113,8 +113,8 @@ def prediction_sheet(runs_dir, toy_dir, path, count):
     fcns = []
     for key, model in STAGES:
         spec = nets.model_spec(model)
-        net = nets.load_net(nets.model_file(model, 'deploy'),
-                                runs.run_folder(model, runs_dir).final_weights)
+        net = runtimes.CaffeRuntime(nets.load_net(nets.model_file(model, 'deploy'),
+                                                  runs.run_folder(model, runs_dir).final_weights))
         fcns.append((key, spec, net, inference.single_input(net, model),
                      inference.input_mean(spec)))
     rows = []

@@ -40,6 +40,7 @@ a command with the environment set (the C++ tests run so).
 """
 import argparse
 import ctypes
+import importlib.util
 import os
 import sys
 import time
@@ -115,6 +116,9 @@ def choose_blas(environ=os.environ, cpuinfo=CPUINFO, cache=None):
     that children do not say so again. Returns ('mkl', its folder) or ('default', None);
     loads nothing."""
     name, asked = blas_choice(environ, cpuinfo)
+    if name == 'mkl' and not asked and importlib.util.find_spec('caffe') is None:
+        # No Caffe to run on it (a light virtualenv inferring on OpenCV or ONNX Runtime).
+        return 'default', None
     if name == 'mkl':
         blas = blas_module()
         cache = Path(cache or blas.DEFAULT_CACHE)
