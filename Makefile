@@ -268,7 +268,7 @@ $(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: \
 define SHARD_RULE
 $(MODEL_NAMES:%=$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz): \
 		$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz: $(RUNS)/%/final.caffemodel | caffe
-	$$(SCORE) --shard $1/$(SHARDS) --save-hist $$@
+	$$(SCORE) --shard $1/$(SHARDS) --save-hist $$@ --save-dir $(RUNS)/$$*/predictions
 endef
 $(foreach i,$(SHARD_INDICES),$(eval $(call SHARD_RULE,$(i))))
 endif

@@ -14,6 +14,11 @@ Three ways in:
 `--shard i/n` scores the i-th of n contiguous blocks of the images and `--save-hist`
 keeps its histogram, so one split can be scored on several machines and merged.
 
+Beside the report (score.json) go its per-image counts (score-images.npz: per image and
+class the intersection, ground truth and prediction pixels, which give each image's pixel
+accuracy and mean IU), merged from shards like the totals, and for MODEL the predictions
+as palette PNGs (runs/MODEL/predictions/): what the results page (solve/page.py) shows.
+
 MODEL's weights are checked before Caffe reads them: a file cut short or of another kind
 is refused, and so are weights lacking layers of the model's val net (another model's)
 unless --allow-missing-layers.
@@ -51,8 +56,12 @@ def score_model(args):
                         data_updates={'split': args.split},
                         allow_missing_layers=args.allow_missing_layers)
     released = args.weights == nets.RELEASED
+    folder = runs.released_folder(args.model) if released else runs.run_folder(args.model)
+    # The predictions go beside the report: into the run folder unless --json says elsewhere.
+    beside = folder if args.json is None else runs.RunFolder(args.json.parent, args.model)
+    save_dir = args.save_dir or beside.predictions(None if split == spec.val_split else split)
     ids = nets.split_ids(net)
-    hists = evaluation.score_net(net, spec.heads, ids, args.shard, args.save_dir,
+    hists = evaluation.score_net(net, spec.heads, ids, args.shard, save_dir,
                       label=f'score {args.model} {split}', limit=args.images)
     names = {h.label: nets.class_names(spec, h) for h in spec.heads}
     ignore = {h.label: args.ignore_absent or h.ignore_absent for h in spec.heads}
@@ -67,11 +76,10 @@ def score_model(args):
     if released:
         # The released weights' score on the model's own split is what make and the
         # reproduction report read.
-        folder = runs.released_folder(args.model)
         default = folder.score() if (split, shard) == (spec.val_split, None) else \
             folder.score(split, shard)
     else:
-        default = runs.run_folder(args.model).score(split, shard)
+        default = folder.score(split, shard)
     return hists, names, ignore, extra, args.json or default
 
 
@@ -90,7 +98,9 @@ def build_parser():
     parser.add_argument('--images', type=int, metavar='N',
                         help='score only the first N images of the split (a quick look)')
     parser.add_argument('--data-dir', help='data root (default: $FCN_DATA_DIR or data/)')
-    parser.add_argument('--save-dir', type=Path, help='write prediction PNGs (palette) here')
+    parser.add_argument('--save-dir', type=Path, help='MODEL: write prediction PNGs (palette) '
+                        'here (default: predictions/ beside the report, predictions-SPLIT/ for '
+                        'another split; what the results page shows)')
     parser.add_argument('--pred-dir', type=Path, help='score saved prediction PNGs ...')
     parser.add_argument('--gt-dir', type=Path, help='... against the label PNGs here')
     parser.add_argument('--num-classes', type=int, help='class count for --pred-dir')
