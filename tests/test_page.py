@@ -1,0 +1,124 @@
+"""fcn/reports/page.py: the results page's data and pictures from made-up scored runs
+(checks/page_runs.py): per-image scores against a numpy computation from the label and
+prediction files, error maps pixel by pixel, thumbnails rendered once, and runs lacking a
+score, per-image counts or an image named while the rest renders."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from checks import page_runs
+from fcn import pictures, runs
+from fcn.reports import page
+from solve import page as page_command
+
+MODELS = ['toy-fcn32s', 'toy-fcn16s', 'toy-fcn8s']
+VOID = 255
+
+
+@pytest.fixture
+def fixture_runs(tmp_path, monkeypatch):
+    data, runs_dir = page_runs.write_fixture(tmp_path, MODELS, 12, (64, 48))
+    monkeypatch.setenv('FCN_DATA_DIR', str(data))
+    return data, runs_dir
+
+
+def voc(data):
+    return page_runs.voc_dir('toy-fcn8s', data)
+
+
+def numpy_scores(gt, pred, num_classes):
+    """An image's pixel accuracy and mean IU over the classes in its ground truth or its
+    prediction, by masks."""
+    valid = gt != VOID
+    ius = []
+    for c in range(num_classes):
+        union = np.sum(valid & ((gt == c) | (pred == c)))
+        if union:
+            ius.append(np.sum(valid & (gt == c) & (pred == c)) / union)
+    return np.mean(gt[valid] == pred[valid]), np.mean(ius)
+
+
+def test_every_run_with_its_metrics_images_and_error_maps(fixture_runs):
+    data, runs_dir = fixture_runs
+    index, document, counts = page.build(runs_dir)
+    assert index == runs_dir / 'page' / 'index.html'
+    assert json.loads((index.parent / 'index.json').read_text()) == document
+    assert (index.parent / 'data.js').read_text().startswith('window.PAGE = {')
+    for name in page.SITE_FILES:
+        assert (index.parent / name).read_bytes() == (page.SITE / name).read_bytes()
+    assert [run['model'] for run in document['runs']] == MODELS  # the table's order
+    for run in document['runs']:
+        assert run['missing'] == []
+        head, = run['heads']
+        score = json.loads((runs_dir / run['model'] / 'score.json').read_text())
+        assert head['metrics']['mean_iu'] == pytest.approx(score['mean_iu'], abs=1e-6)
+        assert (index.parent / head['confusion']).is_file()
+        images = head['images']
+        assert len(images['ids']) == 12 and images['no_prediction'] == []
+        for i, image_id in enumerate(images['ids']):
+            gt = pictures.read_label_png(voc(data) / 'SegmentationClass' / f'{image_id}.png')
+            pred = pictures.read_label_png(runs_dir / run['model'] / 'predictions'
+                                           / f'{image_id}.png')
+            pixel_acc, mean_iu = numpy_scores(gt, pred, 6)
+            assert images['pixel_acc'][i] == pytest.approx(pixel_acc, abs=1e-6)
+            assert images['mean_iu'][i] == pytest.approx(mean_iu, abs=1e-6)
+            assert images['classes'][i] == sorted(set(np.unique(gt).tolist()) - {VOID})
+            # thumbnails at the image's own size (it is below THUMB): the error map exact
+            err = np.array(Image.open(index.parent / 'runs' / run['key'] / 'err'
+                                      / f'{image_id}.png').convert('RGB'))
+            want = np.where(gt == VOID, 2, gt != pred)
+            np.testing.assert_array_equal(err, page.ERROR_COLOURS[want])
+            assert (index.parent / 'sets' / head['set'] / f'{image_id}.jpg').is_file()
+    legend, = document['legends']
+    assert legend['dataset'] == 'toy' and legend['classes'][1][2] == '#800000'
+    assert [row['model'] for row in document['reproduction']] == MODELS
+
+
+def test_thumbnails_are_rendered_once_and_again_when_a_prediction_changes(fixture_runs):
+    _, runs_dir = fixture_runs
+    _, _, first = page.build(runs_dir)
+    assert first['rendered'] > 0
+    _, _, again = page.build(runs_dir)
+    assert again['rendered'] == 0
+    prediction = runs_dir / 'toy-fcn8s' / 'predictions'
+    changed = sorted(prediction.glob('*.png'))[3]
+    pictures.save_label_png(changed, np.zeros((48, 64), np.uint8))
+    _, _, third = page.build(runs_dir)
+    assert third['rendered'] == 2  # its prediction and its error map
+
+
+def test_bad_input_is_named_and_the_rest_renders(fixture_runs, capsys):
+    data, runs_dir = fixture_runs
+    # a run with a training log and no score
+    (runs_dir / 'toy-vgg16').mkdir()
+    (runs_dir / 'toy-vgg16' / runs.TRAIN_LOG).write_text('iteration,loss\n1,2.0\n')
+    # a score from before per-image counts and predictions were kept
+    old = runs_dir / 'toy-fcn16s'
+    (old / 'score-images.npz').unlink()
+    for png in (old / 'predictions').glob('*.png'):
+        png.unlink()
+    (old / 'predictions').rmdir()
+    # an image of the split gone
+    missing_id = sorted((voc(data) / 'JPEGImages').glob('*.jpg'))[5]
+    missing_id.unlink()
+    page_command.main(['--runs-dir', str(runs_dir)])
+    out = capsys.readouterr().out
+    assert 'toy-vgg16: missing' in out and 'no score' in out
+    assert 'toy-fcn16s: missing' in out and 'no per-image scores' in out
+    assert f'page: {runs_dir / "page" / "index.html"}' in out
+    document = json.loads((runs_dir / 'page' / 'index.json').read_text())
+    by_model = {run['model']: run for run in document['runs']}
+    assert by_model['toy-vgg16']['heads'] == []
+    assert any('score-images.npz' in m for m in by_model['toy-fcn16s']['missing'])
+    assert 'images' not in by_model['toy-fcn16s']['heads'][0]
+    assert by_model['toy-fcn16s']['heads'][0]['metrics']['mean_iu'] is not None
+    for model in ('toy-fcn32s', 'toy-fcn8s'):
+        run = by_model[model]
+        assert len(run['missing']) == 1 and missing_id.stem in run['missing'][0]
+        assert len(run['heads'][0]['images']['ids']) == 12
+    split, = document['sets'].values()
+    assert list(split['missing']) == [missing_id.stem]
+    assert str(missing_id) in split['missing'][missing_id.stem]
