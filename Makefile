@@ -15,7 +15,7 @@ VENV_STAMP := $(VENV)/.requirements-installed
 # Glog's start-up chatter (every layer's set-up) is off unless asked for.
 export GLOG_minloglevel ?= 2
 
-.PHONY: help venv caffe test test-caffe test-caffe-cpp test-project
+.PHONY: help venv caffe test test-caffe test-caffe-cpp test-project browser test-browser
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -41,8 +41,16 @@ test-caffe: caffe ## Caffe's own pycaffe test suite against the build
 test-caffe-cpp: caffe ## Caffe's own C++ CPU test suite against the build, on the BLAS chosen at run time (FCN_BLAS=mkl: MKL; compiled once: ~10 min)
 	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test-cpp
 
-test-project: caffe ## the project's own tests
+test-project: caffe browser ## the project's own tests
 	$(PY) -m pytest tests
+
+# The results page's browser test loads the page in Debian's Chromium, headless: installed
+# here when missing (as root; otherwise the apt-get command is printed and the test skipped).
+browser: | $(VENV_STAMP)
+	$(PY) tests/browser.py install
+
+test-browser: caffe browser ## the results page in headless Chromium (~15 s)
+	$(PY) -m pytest tests/test_page_browser.py
 
 test: test-caffe test-project ## all tests (what CI runs)
 

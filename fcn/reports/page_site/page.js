@@ -75,7 +75,7 @@
         ].concat(METRICS.map(function (m) {
           return el('td', {'class': 'num'}, [head ? percent(head.metrics[m[0]]) : '']);
         })).concat([el('td', {'class': 'missing'},
-                       [run.missing.length ? run.missing.length + ' missing' : ''])])));
+                       [run.missing.length ? run.missing.length + ' missing (below)' : ''])])));
       });
     });
     document.getElementById('runs-table').appendChild(table(
@@ -118,8 +118,9 @@
     var summary = el('summary', {}, [run.name + (run.split ? ' · ' + run.split : '') +
       (run.heads.length ? ' · mean IU ' + percent(run.heads[0].metrics.mean_iu) : ' · no score')]);
     var info = el('p', {'class': 'notes'}, ['folder ' + run.folder + (run.weights ? ' · weights ' + run.weights : '')]);
-    return el('details', {'class': 'run', id: 'run-' + run.key},
-              [summary, info].concat(missing, notes, [body]));
+    // A run lacking something opens at once, so what it lacks is seen.
+    var attrs = run.missing.length ? {'class': 'run', id: 'run-' + run.key, open: ''} : {'class': 'run', id: 'run-' + run.key};
+    return el('details', attrs, [summary, info].concat(missing, notes, [body]));
   }
 
   // ---- reproduction --------------------------------------------------------------------------
@@ -282,8 +283,11 @@
     var chosen = group.runs.filter(function (r) { return state.runs.indexOf(r.run.key) >= 0; });
     var set = PAGE.sets[group.set];
     var multi = ordered.primary.head.images.multi;
-    var header = el('tr', {}, [el('th', {}, ['image']), el('th', {}, ['ground truth'])].concat(
+    var header = el('tr', {}, [el('th', {rowspan: '2'}, ['image']), el('th', {rowspan: '2'}, ['ground truth'])].concat(
       chosen.map(function (r) { return el('th', {'class': 'run-name', colspan: '2'}, [r.run.name]); })));
+    var subheader = el('tr', {}, [].concat.apply([], chosen.map(function () {
+      return [el('th', {}, ['prediction']), el('th', {}, ['errors'])];
+    })));
     var rows = shown.map(function (id) {
       var i = ordered.primary.index[id];
       var images = ordered.primary.head.images;
@@ -314,7 +318,7 @@
       });
       return row;
     });
-    gallery.appendChild(el('table', {'class': 'gallery', id: 'gallery-table'}, [el('thead', {}, [header]), el('tbody', {}, rows)]));
+    gallery.appendChild(el('table', {'class': 'gallery', id: 'gallery-table'}, [el('thead', {}, [header, subheader]), el('tbody', {}, rows)]));
     gallery.appendChild(pager(state, page, pages, ordered.ids.length));
   }
 
