@@ -47,13 +47,11 @@ def example(rng, size, num_classes):
 
 
 def prediction(rng, label, num_classes, error):
-    """The label with about `error` of its objects' pixels given a wrong class, and void
-    predicted as background."""
+    """The label with about `error` of its pixels, in blocks of 8 x 8 as a net's coarse
+    mistakes, given a wrong class, and void predicted as background."""
     pred = np.where(label == VOID, 0, label)
-    wrong = rng.random(label.shape) < error
-    blocks = np.kron(rng.random((label.shape[0] // 8 + 1, label.shape[1] // 8 + 1)) < error,
-                     np.ones((8, 8), bool))[:label.shape[0], :label.shape[1]]
-    wrong |= blocks
+    wrong = np.kron(rng.random((label.shape[0] // 8 + 1, label.shape[1] // 8 + 1)) < error,
+                    np.ones((8, 8), bool))[:label.shape[0], :label.shape[1]]
     pred[wrong] = (pred[wrong] + 1 + rng.integers(0, num_classes - 1)) % num_classes
     return pred.astype(np.uint8)
 

@@ -69,12 +69,22 @@ def test_every_run_with_its_metrics_images_and_error_maps(fixture_runs):
             # thumbnails at the image's own size (it is below THUMB): the error map exact
             err = np.array(Image.open(index.parent / 'runs' / run['key'] / 'err'
                                       / f'{image_id}.png').convert('RGB'))
-            want = np.where(gt == VOID, 2, gt != pred)
+            want = np.where(gt == VOID, page.VOID, np.where(gt != pred, page.WRONG, page.RIGHT))
             np.testing.assert_array_equal(err, page.ERROR_COLOURS[want])
             assert (index.parent / 'sets' / head['set'] / f'{image_id}.jpg').is_file()
     legend, = document['legends']
     assert legend['dataset'] == 'toy' and legend['classes'][1][2] == '#800000'
     assert [row['model'] for row in document['reproduction']] == MODELS
+
+
+def test_an_error_thumbnail_keeps_a_wrong_line_thinner_than_its_pixels():
+    codes = np.zeros((10 * page.THUMB, 5 * page.THUMB), np.uint8)  # a factor of 10
+    codes[:, 37] = page.WRONG                   # one pixel wide, in block column 3
+    codes[500:, :] = np.maximum(codes[500:, :], page.VOID)
+    small = page.shrink_codes(codes)
+    assert small.shape == (page.THUMB, page.THUMB // 2)
+    assert (small[:, 3] == page.WRONG).all()
+    assert (small[:50, :3] == page.RIGHT).all() and (small[50:, 4:] == page.VOID).all()
 
 
 def test_thumbnails_are_rendered_once_and_again_when_a_prediction_changes(fixture_runs):

@@ -43,8 +43,9 @@ SITE_FILES = ('index.html', 'page.js', 'page.css')
 THUMB = 192           # thumbnails' longest side, pixels
 JPEG_QUALITY = 85
 METRICS = ('pixel_acc', 'mean_acc', 'mean_iu', 'fwavacc')
-# The error map's colours: right, wrong, void (or any label outside the classes).
-ERROR_COLOURS = np.array([[245, 245, 245], [228, 26, 28], [55, 126, 184]], np.uint8)
+# The error map's codes and colours; a thumbnail pixel shows the highest code under it.
+RIGHT, VOID, WRONG = range(3)
+ERROR_COLOURS = np.array([[245, 245, 245], [55, 126, 184], [228, 26, 28]], np.uint8)
 # Folders directly in runs/ that hold no run of their own.
 NOT_RUNS = {runs.PAGE_DIR, runs.RELEASED, 'demo', 'report', 'short', 'rehearsal', 'bench'}
 RUN_FILES = (runs.SCORE, runs.FINAL_WEIGHTS, runs.TRAIN_LOG, runs.VAL_LOG)
@@ -187,21 +188,30 @@ def save_jpeg_thumbnail(path, rgb):
 def save_label_thumbnail(path, label):
     image = pictures.label_image(label)
     image = image.resize(thumbnail_size(*image.size), Image.NEAREST)
-    pictures.atomic_save(path, lambda tmp: image.save(tmp, format='PNG', optimize=True))
+    pictures.atomic_save(path, lambda tmp: image.save(tmp, format='PNG'))
 
 
-def error_map(gt, pred, num_classes):
-    """RGB: right pixels light grey, wrong ones red, void (and labels outside the classes)
-    blue."""
-    codes = np.where((gt >= num_classes), 2, (gt != pred).astype(np.uint8))
-    return ERROR_COLOURS[codes]
+def error_codes(gt, pred, num_classes):
+    """Per pixel RIGHT, WRONG, or VOID (ground truth void or outside the classes)."""
+    return np.where(gt >= num_classes, VOID, np.where(gt != pred, WRONG, RIGHT)).astype(np.uint8)
 
 
-def save_error_thumbnail(path, rgb):
-    image = Image.fromarray(rgb)
-    # An area average, so a wrong line thinner than a thumbnail pixel still shows.
-    image = image.resize(thumbnail_size(*image.size), Image.BOX)
-    pictures.atomic_save(path, lambda tmp: image.save(tmp, format='PNG', optimize=True))
+def shrink_codes(codes):
+    """The codes in blocks of a thumbnail's pixel, each block its highest code: a wrong
+    line thinner than a thumbnail pixel still shows."""
+    factor = -(-max(codes.shape) // THUMB)
+    if factor == 1:
+        return codes
+    height, width = -(-codes.shape[0] // factor), -(-codes.shape[1] // factor)
+    padded = np.zeros((height * factor, width * factor), codes.dtype)
+    padded[:codes.shape[0], :codes.shape[1]] = codes
+    return padded.reshape(height, factor, width, factor).max(axis=(1, 3))
+
+
+def save_error_thumbnail(path, codes):
+    image = Image.fromarray(shrink_codes(codes), 'L').convert('P')
+    image.putpalette(ERROR_COLOURS.tobytes())
+    pictures.atomic_save(path, lambda tmp: image.save(tmp, format='PNG'))
 
 
 def label_path(folder, label, multi_head, image_id):
@@ -269,7 +279,7 @@ def render_predictions(renderer, key, split_key, pred_dir, label, multi, ids, nu
         pred, gt = pictures.read_label_png(source), pictures.read_label_png(gt_full)
         if pred.shape != gt.shape:
             continue
-        save_error_thumbnail(renderer.out / err_rel, error_map(gt, pred, num_classes))
+        save_error_thumbnail(renderer.out / err_rel, error_codes(gt, pred, num_classes))
         renderer.done(err_rel, err_signature)
     return absent
 
@@ -285,9 +295,15 @@ def copy_if_changed(renderer, source, relative):
     renderer.done(relative, signature)
 
 
-def confusion_heat_map(renderer, key, label, head, score_path):
-    """The confusion matrix (rows normalised) of one head, from score.json's counts."""
+def confusion_heat_map(renderer, key, label, head, score_path, multi_head):
+    """The confusion matrix (rows normalised) of one head: the picture scoring drew beside
+    score.json where it is as new, else drawn from score.json's counts."""
     relative = f'runs/{key}/confusion-{label}.png'
+    drawn = score_path.with_name(f'{score_path.stem}-confusion'
+                                 f'{f"-{label}" if multi_head else ""}.png')
+    if drawn.is_file() and drawn.stat().st_mtime >= score_path.stat().st_mtime:
+        copy_if_changed(renderer, drawn, relative)
+        return relative
     signature = file_signature(score_path)
     if renderer.fresh(relative, signature):
         renderer.reused += 1
@@ -351,7 +367,8 @@ def describe_run(renderer, key, folder, released, splits):
                 'class_names': list(names)}
         if 'confusion' in head:
             item['confusion'] = confusion_heat_map(renderer, key, label,
-                                                   dict(head, class_names=names), score_path)
+                                                   dict(head, class_names=names), score_path,
+                                                   len(heads) > 1)
         else:
             entry['missing'].append(f'{score_path}: no confusion matrix for {label} (an older '
                                     f'score): score again (`{rerun_hint(model, released)}`)')
@@ -467,9 +484,9 @@ def build(runs_dir=None, out=None):
         'legends': [{'dataset': dataset, 'label': label,
                      'classes': [[i, name, colour(i)] for i, name in enumerate(names)]}
                     for (dataset, label), names in sorted(renderer.legends.items())],
-        'error_colours': {name: colour_hex for name, colour_hex in
-                          zip(('right', 'wrong', 'void'),
-                              ('#' + ''.join(f'{v:02x}' for v in c) for c in ERROR_COLOURS))},
+        'error_colours': {name: '#' + ''.join(f'{v:02x}' for v in ERROR_COLOURS[code])
+                          for name, code in (('right', RIGHT), ('wrong', WRONG),
+                                             ('void', VOID))},
     }
     text = json.dumps(data, separators=(',', ':'))
     pictures.atomic_save(out / 'index.json', lambda tmp: Path(tmp).write_text(text))
