@@ -132,3 +132,38 @@ def test_bad_input_is_named_and_the_rest_renders(fixture_runs, capsys):
     split, = document['sets'].values()
     assert list(split['missing']) == [missing_id.stem]
     assert str(missing_id) in split['missing'][missing_id.stem]
+
+
+def test_both_sift_flow_heads_in_the_legend_and_a_dataset_not_prepared(fixture_runs):
+    data, runs_dir = fixture_runs
+    from fcn import evaluation, nets
+    spec = nets.model_spec('siftflow-fcn8s')
+    hists, names = {}, {}
+    for head in spec.heads:
+        hists[head.label] = evaluation.ConfusionMatrix(head.num_classes)
+        hists[head.label].add(np.array([[0, 1], [2, 2]]), np.array([[0, 1], [2, 0]]), 'a')
+        names[head.label] = nets.class_names(spec, head)
+    evaluation.write_outputs(runs_dir / 'siftflow-fcn8s' / 'score.json', hists, names,
+                             dict.fromkeys(hists, False), {'model': 'siftflow-fcn8s',
+                                                           'split': 'test'})
+    # per-image counts from another scoring than the report beside them
+    stale = evaluation.ConfusionMatrix(6)
+    stale.add(np.zeros((2, 2)), np.zeros((2, 2)), 'x')
+    evaluation.save_image_counts(runs_dir / 'toy-fcn16s' / 'score-images.npz',
+                                 {'label': stale}, {'label': tuple('abcdef')})
+    _, document, _ = page.build(runs_dir)
+    legends = {(legend['dataset'], legend['label']): legend for legend in document['legends']}
+    assert set(legends) == {('toy', 'label'), ('siftflow', 'sem'), ('siftflow', 'geo')}
+    assert [name for _, name, _ in legends['siftflow', 'geo']['classes']] == \
+        ['sky', 'horizontal', 'vertical']
+    assert len(legends['siftflow', 'sem']['classes']) == 33
+    by_model = {run['model']: run for run in document['runs']}
+    siftflow = by_model['siftflow-fcn8s']
+    assert [head['label'] for head in siftflow['heads']] == ['sem', 'geo']
+    assert all((runs_dir / 'page' / head['confusion']).is_file() for head in siftflow['heads'])
+    assert 'the images of siftflow-fcn8s test cannot be read' in siftflow['missing'][0]
+    assert 'make data-siftflow' in siftflow['missing'][0]
+    stale_run = by_model['toy-fcn16s']
+    assert 'counts 1 images of label, score.json 12' in stale_run['missing'][0]
+    assert 'images' not in stale_run['heads'][0]
+    assert 'images' in by_model['toy-fcn8s']['heads'][0]

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from fcn import evaluation, nets, paths, pictures, prototxt, runs
+from fcn.errors import UsageError
 
 SITE = Path(__file__).with_name('page_site')
 SITE_FILES = ('index.html', 'page.js', 'page.css')
@@ -373,11 +374,11 @@ def describe_run(renderer, key, folder, released, splits):
             entry['missing'].append(f'{score_path}: no confusion matrix for {label} (an older '
                                     f'score): score again (`{rerun_hint(model, released)}`)')
         entry['heads'].append(item)
-    describe_images(renderer, entry, folder, spec, heads, splits, score_path, released)
+    describe_images(renderer, entry, folder, spec, splits, score_path, released)
     return entry
 
 
-def describe_images(renderer, entry, folder, spec, heads, splits, score_path, released):
+def describe_images(renderer, entry, folder, spec, splits, score_path, released):
     """The run's per-image scores and pictures, or what is missing for them."""
     model = entry['model']
     hint = rerun_hint(model, released)
@@ -388,6 +389,8 @@ def describe_images(renderer, entry, folder, spec, heads, splits, score_path, re
     if spec.task != 'segmentation':
         entry['notes'].append('a classifier: no segmentation images to show')
         return
+    for head in spec.heads:
+        renderer.legends[(spec.dataset, head.label)] = list(nets.class_names(spec, head))
     counts_path = runs.image_counts_file(score_path)
     if not counts_path.is_file():
         entry['missing'].append(f'{counts_path}: no per-image scores ({score_path.name} was '
@@ -395,12 +398,27 @@ def describe_images(renderer, entry, folder, spec, heads, splits, score_path, re
                                 f'`rm {score_path}; {hint}`')
         return
     per_head = evaluation.load_image_counts(counts_path)
+    labels = []
+    for item in entry['heads']:
+        label = item['label']
+        if label not in per_head:
+            entry['missing'].append(f'{counts_path} has no counts of {label}: score again '
+                                    f'(`{hint}`)')
+        elif len(per_head[label][1].ids) != item['n_images']:
+            entry['missing'].append(f'{counts_path} counts {len(per_head[label][1].ids)} '
+                                    f'images of {label}, {score_path.name} '
+                                    f'{item["n_images"]}: the two are from different '
+                                    f'scorings; score again (`{hint}`)')
+        else:
+            labels.append(label)
+    if not labels:
+        return
     split = entry.get('split') or spec.val_split
     if (model, split) not in splits:
         try:
             splits[model, split] = SplitImages(model, split)
-        except Exception as e:  # any failure to read the data: say it, show the rest
-            splits[model, split] = e
+        except (OSError, ValueError, LookupError, ImportError, UsageError) as e:
+            splits[model, split] = e  # said on the page; the other runs still show
     split_images = splits[model, split]
     if isinstance(split_images, Exception):
         entry['missing'].append(f'the images of {model} {split} cannot be read: '
@@ -408,8 +426,7 @@ def describe_images(renderer, entry, folder, spec, heads, splits, score_path, re
         return
     pred_dir = folder.predictions(None if split == spec.val_split else split)
     multi = len(spec.heads) > 1
-    labels = [label for label in per_head if label in heads]
-    first_ids = per_head[labels[0]][1].ids if labels else []
+    first_ids = per_head[labels[0]][1].ids
     unreadable = render_split(renderer, split_images, first_ids, labels)
     renderer.set_missing.setdefault(split_images.key, {}).update(unreadable)
     if unreadable:
@@ -421,7 +438,7 @@ def describe_images(renderer, entry, folder, spec, heads, splits, score_path, re
                                 f'`rm {score_path}; {hint}`; solve/score.py saves them)')
     for item in entry['heads']:
         label = item['label']
-        if label not in per_head:
+        if label not in labels:
             continue
         names, counts = per_head[label]
         pixel_acc, mean_iu = counts.metrics()
@@ -441,7 +458,6 @@ def describe_images(renderer, entry, folder, spec, heads, splits, score_path, re
             'no_prediction': sorted(absent),
             'multi': multi,
         }
-        renderer.legends[(spec.dataset, label)] = list(names)
         renderer.sets[split_images.key] = {'model': model, 'split': split,
                                            'dataset': spec.dataset}
 
