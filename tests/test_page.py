@@ -3,7 +3,6 @@
 prediction files, error maps pixel by pixel, thumbnails rendered once, and runs lacking a
 score, per-image counts or an image named while the rest renders."""
 import json
-import os
 
 import numpy as np
 import pytest
