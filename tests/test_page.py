@@ -101,9 +101,10 @@ def test_thumbnails_are_rendered_once_and_again_when_a_prediction_changes(fixtur
 
 def test_bad_input_is_named_and_the_rest_renders(fixture_runs, capsys):
     data, runs_dir = fixture_runs
-    # a run with a training log and no score
-    (runs_dir / 'toy-vgg16').mkdir()
-    (runs_dir / 'toy-vgg16' / runs.TRAIN_LOG).write_text('iteration,loss\n1,2.0\n')
+    # a run with a training log and no score, and a classifier's (not scored by design)
+    for model in ('toy-fcn32s-unscored', 'toy-vgg16'):
+        (runs_dir / model).mkdir()
+        (runs_dir / model / runs.TRAIN_LOG).write_text('iteration,loss\n1,2.0\n')
     # a score from before per-image counts and predictions were kept
     old = runs_dir / 'toy-fcn16s'
     (old / 'score-images.npz').unlink()
@@ -115,12 +116,15 @@ def test_bad_input_is_named_and_the_rest_renders(fixture_runs, capsys):
     missing_id.unlink()
     page_command.main(['--runs-dir', str(runs_dir)])
     out = capsys.readouterr().out
-    assert 'toy-vgg16: missing' in out and 'no score' in out
+    assert 'toy-fcn32s-unscored: missing' in out and 'no score' in out
+    assert 'toy-vgg16: missing' not in out
     assert 'toy-fcn16s: missing' in out and 'no per-image scores' in out
     assert f'page: {runs_dir / "page" / "index.html"}' in out
     document = json.loads((runs_dir / 'page' / 'index.json').read_text())
     by_model = {run['model']: run for run in document['runs']}
-    assert by_model['toy-vgg16']['heads'] == []
+    assert by_model['toy-fcn32s-unscored']['heads'] == []
+    assert by_model['toy-vgg16']['missing'] == [] and 'a classifier' in \
+        by_model['toy-vgg16']['notes'][0]
     assert any('score-images.npz' in m for m in by_model['toy-fcn16s']['missing'])
     assert 'images' not in by_model['toy-fcn16s']['heads'][0]
     assert by_model['toy-fcn16s']['heads'][0]['metrics']['mean_iu'] is not None

@@ -29,8 +29,8 @@ def site(tmp_path_factory):
         pytest.skip(reason)
     root = tmp_path_factory.mktemp('page')
     data, runs_dir = page_runs.write_fixture(root, MODELS, IMAGES, (64, 48))
-    (runs_dir / 'toy-vgg16').mkdir()
-    (runs_dir / 'toy-vgg16' / runs.TRAIN_LOG).write_text('iteration,loss\n1,2.0\n')
+    (runs_dir / 'toy-fcn8s-unscored').mkdir()
+    (runs_dir / 'toy-fcn8s-unscored' / runs.TRAIN_LOG).write_text('iteration,loss\n1,2.0\n')
     # a release scored before per-image counts were kept
     old = runs_dir / runs.RELEASED / 'toy-fcn8s'
     old.mkdir(parents=True)

@@ -342,6 +342,13 @@ def describe_run(renderer, key, folder, released, splits):
             copy_if_changed(renderer, plot, relative)
             entry['curves'].append(relative)
     if not score_path.is_file():
+        spec = model_spec(model)
+        if spec is not None and spec.task != 'segmentation':
+            # A classifier trained to start FCNs from (the demo's toy-vgg16): its curves
+            # and validations are what it has to show.
+            entry['notes'].append(f'a classifier, not scored: its validations are in '
+                                  f'{folder.val_log}')
+            return entry
         entry['missing'].append(f'{score_path}: no score; score the run '
                                 f'(`{rerun_hint(model, released)}`, or solve/score.py '
                                 f'{model} --weights WEIGHTS)')
