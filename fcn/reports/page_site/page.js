@@ -86,9 +86,7 @@
   }
 
   function runLink(run) {
-    var link = el('a', {href: '#run-' + run.key}, [run.name]);
-    link.addEventListener('click', function () { document.getElementById('run-' + run.key).open = true; });
-    return link;
+    return el('a', {href: '#run-' + run.key}, [run.name]);
   }
 
   function runDetails(run) {
@@ -116,7 +114,7 @@
     }))] : [];
     var notes = run.notes.map(function (n) { return el('p', {'class': 'notes'}, [n]); });
     var summary = el('summary', {}, [run.name + (run.split ? ' · ' + run.split : '') +
-      (run.heads.length ? ' · mean IU ' + percent(run.heads[0].metrics.mean_iu) : ' · no score')]);
+      (run.heads.length ? ' · mean IU ' + percent(run.heads[0].metrics.mean_iu) : ' · not scored')]);
     var info = el('p', {'class': 'notes'}, ['folder ' + run.folder + (run.weights ? ' · weights ' + run.weights : '')]);
     // A run lacking something opens at once, so what it lacks is seen.
     var attrs = run.missing.length ? {'class': 'run', id: 'run-' + run.key, open: ''} : {'class': 'run', id: 'run-' + run.key};
@@ -335,11 +333,18 @@
                                           el('span', {'class': 'notes'}, [count + ' images'])]);
   }
 
+  // A link to a run (#run-KEY) opens its details.
+  function openLinkedRun() {
+    var target = location.hash.indexOf('#run-') === 0 && document.getElementById(location.hash.slice(1));
+    if (target) { target.open = true; target.scrollIntoView(); }
+  }
+
   renderRuns();
   renderReproduction();
   renderLegends();
   renderGallery();
+  openLinkedRun();
   window.addEventListener('hashchange', function () {
-    if (location.hash.indexOf('group=') >= 0) { renderGallery(); }
+    if (location.hash.indexOf('group=') >= 0) { renderGallery(); } else { openLinkedRun(); }
   });
 }());
