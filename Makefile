@@ -15,7 +15,7 @@ VENV_STAMP := $(VENV)/.requirements-installed
 # Glog's start-up chatter (every layer's set-up) is off unless asked for.
 export GLOG_minloglevel ?= 2
 
-.PHONY: help venv venv-infer caffe test test-caffe test-caffe-cpp test-project
+.PHONY: help venv venv-infer caffe test test-caffe test-caffe-cpp test-project browser test-browser
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -55,8 +55,16 @@ test-caffe: caffe ## Caffe's own pycaffe test suite against the build
 test-caffe-cpp: caffe ## Caffe's own C++ CPU test suite against the build, on the BLAS chosen at run time (FCN_BLAS=mkl: MKL; compiled once: ~10 min)
 	$(PY) caffe-build/build.py $(if $(BLAS),--blas $(BLAS)) --test-cpp
 
-test-project: caffe ## the project's own tests
+test-project: caffe browser ## the project's own tests
 	$(PY) -m pytest tests
+
+# The results page's browser test loads the page in Debian's Chromium, headless: installed
+# here when missing (as root; otherwise the apt-get command is printed and the test skipped).
+browser: | $(VENV_STAMP)
+	$(PY) tests/browser.py install
+
+test-browser: caffe browser ## the results page in headless Chromium (~15 s)
+	$(PY) -m pytest tests/test_page_browser.py
 
 test: test-caffe test-project ## all tests (what CI runs)
 
@@ -282,7 +290,7 @@ $(MODEL_NAMES:%=$(RUNS)/%/score.json): $(RUNS)/%/score.json: \
 define SHARD_RULE
 $(MODEL_NAMES:%=$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz): \
 		$(RUNS)/%/score-shards/$1-of-$(SHARDS).npz: $(RUNS)/%/final.caffemodel | caffe
-	$$(SCORE) --shard $1/$(SHARDS) --save-hist $$@
+	$$(SCORE) --shard $1/$(SHARDS) --save-hist $$@ --save-dir $(RUNS)/$$*/predictions
 endef
 $(foreach i,$(SHARD_INDICES),$(eval $(call SHARD_RULE,$(i))))
 endif
@@ -307,7 +315,7 @@ $(BASE_WEIGHTS)/googlenet-fcn.caffemodel: $(CLASSIFIER_DIR)/bvlc_googlenet.caffe
 # first N images, into the short run's folder), and `make report` sets every model's
 # published, released and own scores side by side.
 
-.PHONY: eval-released report
+.PHONY: eval-released report page
 # Downloads are renamed into place only when complete and verified: never delete them.
 .PRECIOUS: weights/%.caffemodel
 
@@ -336,6 +344,12 @@ eval-released: $(RELEASED_WITH_DATA:%=eval-%) ## score every released model whos
 
 report: | $(VENV_STAMP) ## paper vs released weights vs your runs: runs/report/reproduction.{md,png}
 	$(PY) solve/report.py
+
+# The results page of every scored run in $(RUNS): metrics, curves, confusion, the
+# reproduction table, and the val images each run's scoring saved, sortable and side by
+# side (fcn/reports/page.py). Thumbnails are rendered once and reused.
+page: | caffe ## the results page of every run: runs/page/index.html (open it in a browser)
+	$(PY) solve/page.py --runs-dir $(RUNS) --data-dir $(DATA_ROOT)
 
 # ---- your own data -----------------------------------------------------------------
 # A dataset of one's own (data/check.py: VOC layout or images/ + masks/, and classes.txt)
@@ -387,6 +401,7 @@ bench-blas: caffe bench-torch ## Caffe on MKL, OpenBLAS 0.3.34, Debian's pthread
 # pretrain the toy VGG16 classifier (toy-vgg16), carry it into FCN base weights by
 # surgery, train toy-fcn32s -> toy-fcn16s -> toy-fcn8s, each from the previous, and score
 # each; solve/demo_report.py gathers scores, curves and a prediction sheet into runs/demo/.
+# The demo ends with the results page of its runs (solve/page.py: runs/page/index.html).
 # Every step is a file: an interrupted demo resumes, a finished one is not redone.
 
 TOY_STAMP := $(DATA_ROOT)/toy/toy.json
@@ -395,7 +410,8 @@ TOY_SCORES := $(foreach stride,32 16 8,$(RUNS)/toy-fcn$(stride)s/score.json)
 .PHONY: data-toy
 
 data-toy: $(TOY_STAMP) ## the embedded toy set: VOC-layout shapes + a classification view
-demo: $(RUNS)/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~9 min on 2 cores
+demo: $(RUNS)/demo/scores.json ## toy classifier -> surgery -> FCN-32s -> 16s -> 8s, CPU, ~9 min on 2 cores; ends with the results page
+	$(PY) solve/page.py --runs-dir $(RUNS) --data-dir $(DATA_ROOT)
 
 # The generator leaves a set with the same parameters and code alone; the stamp is then
 # only brought up to date.

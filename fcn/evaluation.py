@@ -14,20 +14,82 @@ from pathlib import Path
 import numpy as np
 
 from fcn.runtime import threads
-from fcn import pictures
+from fcn import pictures, runs
 from fcn.progress import Progress
 from fcn.nets import UsageError
 
 METRIC_KEYS = ('pixel_acc', 'mean_acc', 'mean_iu', 'fwavacc', 'per_class_iu', 'n_images')
 
 
+class ImageCounts:
+    """Per image, per class: the pixels both labelled and predicted as the class
+    (intersection), labelled as it (ground truth) and predicted as it (prediction), over
+    the counted pixels. One row of `counts` (images x 3 x classes) per image, in the order
+    the images were counted; `ids` names them."""
+
+    INTERSECTION, GROUND_TRUTH, PREDICTION = range(3)
+
+    def __init__(self, num_classes, ids=(), counts=None):
+        self.num_classes = int(num_classes)
+        self.ids = [str(i) for i in ids]
+        shape = (len(self.ids), 3, self.num_classes)
+        self.counts = np.zeros(shape, np.int64) if counts is None else \
+            np.asarray(counts, np.int64)
+        if self.counts.shape != shape:
+            raise ValueError(f'per-image counts of {len(self.ids)} images and '
+                             f'{num_classes} classes must be {shape}, not {self.counts.shape}')
+        self._rows = []  # rows added since counts was last built
+
+    def add(self, image_id, hist):
+        """Record one image from its own confusion matrix."""
+        self.ids.append(str(image_id))
+        self._rows.append(np.stack([np.diag(hist), hist.sum(1), hist.sum(0)]))
+
+    def __iadd__(self, other):
+        if other.num_classes != self.num_classes:
+            raise ValueError(f'cannot merge {other.num_classes}-class per-image counts into '
+                             f'{self.num_classes}-class counts')
+        self.ids += other.ids
+        self._rows.append(other.table())
+        return self
+
+    def table(self):
+        """The counts as one (images, 3, classes) array."""
+        if self._rows:
+            rows = [r[np.newaxis] if r.ndim == 2 else r for r in self._rows]
+            self.counts = np.concatenate([self.counts] + rows)
+            self._rows = []
+        return self.counts
+
+    def metrics(self):
+        """Per image: pixel accuracy and mean IU over the classes in its ground truth or
+        its prediction (NaN where an image has no counted pixel)."""
+        return image_metrics(self.table())
+
+
+def image_metrics(counts):
+    """(pixel accuracy, mean IU) per image of an (images, 3, classes) count table: the
+    accuracy over the image's counted pixels, the mean IU over the classes present in its
+    ground truth or its prediction, as the split's mean IU leaves out classes absent from
+    both. NaN where an image has no counted pixel."""
+    counts = np.asarray(counts, np.float64)
+    hits, gt, pred = counts[:, 0], counts[:, 1], counts[:, 2]
+    union = gt + pred - hits
+    with np.errstate(divide='ignore', invalid='ignore'):
+        pixel_acc = hits.sum(1) / gt.sum(1)
+        iu = np.where(union > 0, hits / union, 0.0)
+        mean_iu = iu.sum(1) / (union > 0).sum(1)
+    return pixel_acc, mean_iu
+
+
 class ConfusionMatrix:
-    """Pixel counts: rows are ground truth classes, columns predicted classes.
+    """Pixel counts: rows are ground truth classes, columns predicted classes; `images`
+    the same counts image by image (ImageCounts; None for counts loaded without them).
 
     Ground truth outside 0..K-1 (void is 255) is not counted.
     """
 
-    def __init__(self, num_classes, hist=None, n_images=0):
+    def __init__(self, num_classes, hist=None, n_images=0, images=None):
         self.num_classes = int(num_classes)
         shape = (self.num_classes, self.num_classes)
         self.hist = np.zeros(shape, np.int64) if hist is None else np.asarray(hist, np.int64)
@@ -35,9 +97,16 @@ class ConfusionMatrix:
             raise ValueError(f'a histogram for {num_classes} classes must be {shape}, '
                              f'not {self.hist.shape}')
         self.n_images = int(n_images)
+        if images is None and hist is None:
+            images = ImageCounts(self.num_classes)
+        if images is not None and len(images.ids) != self.n_images:
+            raise ValueError(f'per-image counts of {len(images.ids)} images for a matrix of '
+                             f'{self.n_images}')
+        self.images = images
 
-    def add(self, gt, pred):
-        """Count one image's pixels."""
+    def add(self, gt, pred, image_id=None):
+        """Count one image's pixels (`image_id` names it in the per-image counts; default:
+        its number)."""
         gt, pred = np.asarray(gt), np.asarray(pred)
         if gt.shape != pred.shape:
             raise ValueError(f'ground truth {gt.shape} and prediction {pred.shape} differ '
@@ -48,7 +117,10 @@ class ConfusionMatrix:
         if pred.size and (pred.min() < 0 or pred.max() >= n):
             raise ValueError(f'predictions must be class ids 0..{n - 1}, found '
                              f'{pred.min()}..{pred.max()}')
-        self.hist += np.bincount(n * gt + pred, minlength=n * n).reshape(n, n)
+        image = np.bincount(n * gt + pred, minlength=n * n).reshape(n, n)
+        self.hist += image
+        if self.images is not None:
+            self.images.add(self.n_images if image_id is None else image_id, image)
         self.n_images += 1
 
     def __iadd__(self, other):
@@ -57,6 +129,10 @@ class ConfusionMatrix:
                              f'{self.num_classes}-class counts')
         self.hist += other.hist
         self.n_images += other.n_images
+        if self.images is None or other.images is None:
+            self.images = None
+        else:
+            self.images += other.images
         return self
 
     def metrics(self, class_names=None, ignore_absent=False):
@@ -154,7 +230,7 @@ def score_net(net, heads, image_ids, shard=(0, 1), save_dir=None, label='score',
             pred = scores[head.score].argmax(1)
             gt = net.blobs[head.label].data.reshape(pred.shape)
             for b in range(count):
-                hists[head.label].add(gt[b], pred[b])
+                hists[head.label].add(gt[b], pred[b], image_ids[first + b])
                 if save_dir is not None and pred.ndim == 3:
                     folder = Path(save_dir) / head.label if len(heads) > 1 else Path(save_dir)
                     pictures.save_label_png(folder / f'{image_ids[first + b]}.png', pred[b])
@@ -186,9 +262,16 @@ def report_json(hists, names, ignore_absent, extra=None):
 
 
 def write_outputs(json_path, hists, names, ignore_absent, extra=None):
-    """The JSON report and one confusion PNG per head next to it."""
+    """The JSON report, its per-image counts (runs.image_counts_file: written first, so a
+    report is never newer than them; an old file is removed where the counts are
+    unknown) and one confusion PNG per head next to it."""
     json_path = Path(json_path)
     document = report_json(hists, names, ignore_absent, extra)
+    images_path = runs.image_counts_file(json_path)
+    if all(hist.images is not None for hist in hists.values()):
+        save_image_counts(images_path, hists, names)
+    else:
+        images_path.unlink(missing_ok=True)
     pictures.atomic_save(json_path,
                          lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1)))
     for label, hist in hists.items():
@@ -198,51 +281,91 @@ def write_outputs(json_path, hists, names, ignore_absent, extra=None):
     return document
 
 
+def _image_arrays(hists):
+    """The per-image ids and counts of every head that has them, as npz arrays."""
+    arrays = {}
+    for label, hist in hists.items():
+        if hist.images is not None:
+            arrays[f'ids_{label}'] = np.array(hist.images.ids, dtype=str)
+            arrays[f'counts_{label}'] = hist.images.table()
+    return arrays
+
+
+def _write_npz(path, compressed=False, **arrays):
+    def write(tmp):
+        with open(tmp, 'wb') as f:  # a file object: np.savez would append .npz to a name
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+    pictures.atomic_save(path, write)
+
+
+def save_image_counts(path, hists, names):
+    """Every head's per-image counts (ImageCounts) in one npz: `meta` (JSON: the heads'
+    labels and class names), and per head `ids_LABEL` (image ids) and `counts_LABEL`
+    (images x [intersection, ground truth, prediction] x classes pixel counts)."""
+    meta = {'heads': [{'label': label, 'class_names': list(names[label])} for label in hists]}
+    _write_npz(path, compressed=True, meta=json.dumps(meta), **_image_arrays(hists))
+
+
+def load_image_counts(path):
+    """{label: (class names, ImageCounts)} of a file save_image_counts wrote."""
+    with np.load(path) as f:
+        meta = json.loads(str(f['meta']))
+        return {head['label']: (tuple(head['class_names']),
+                                ImageCounts(len(head['class_names']),
+                                            f[f'ids_{head["label"]}'].tolist(),
+                                            f[f'counts_{head["label"]}']))
+                for head in meta['heads']}
+
+
 def save_hist(path, hists, names, ignore_absent, shard):
-    """A shard's histograms with what a merge needs to check and to report."""
+    """A shard's histograms and per-image counts with what a merge needs to check and to
+    report."""
     meta = {'shard': list(shard), 'heads': [
         {'label': label, 'class_names': list(names[label]),
          'ignore_absent': bool(ignore_absent[label]), 'n_images': hist.n_images}
         for label, hist in hists.items()]}
     arrays = {f'hist_{label}': hist.hist for label, hist in hists.items()}
-
-    def write(tmp):
-        with open(tmp, 'wb') as f:  # a file object: np.savez would append .npz to a name
-            np.savez(f, meta=json.dumps(meta), **arrays)
-    pictures.atomic_save(path, write)
+    _write_npz(path, meta=json.dumps(meta), **arrays, **_image_arrays(hists))
 
 
 def load_hist(path):
+    """(shard, hists, names, ignore_absent) of a file save_hist wrote; the per-image counts
+    are None in files written without them."""
     with np.load(path) as f:
         meta = json.loads(str(f['meta']))
-        hists = {head['label']: ConfusionMatrix(len(head['class_names']),
-                                                f[f'hist_{head["label"]}'], head['n_images'])
-                 for head in meta['heads']}
+        hists = {}
+        for head in meta['heads']:
+            label, count = head['label'], len(head['class_names'])
+            images = ImageCounts(count, f[f'ids_{label}'].tolist(), f[f'counts_{label}']) \
+                if f'ids_{label}' in f.files else None
+            hists[label] = ConfusionMatrix(count, f[f'hist_{label}'], head['n_images'], images)
     names = {head['label']: tuple(head['class_names']) for head in meta['heads']}
     ignore = {head['label']: head['ignore_absent'] for head in meta['heads']}
     return tuple(meta['shard']), hists, names, ignore
 
 
 def merge_hists(paths):
-    """Sum the shards of one split; every shard i/n must be present exactly once."""
-    merged, names, ignore, seen = None, None, None, {}
+    """Sum the shards of one split, their per-image counts in shard order (the order of the
+    whole split); every shard i/n must be present exactly once."""
+    loaded, seen = [], {}
     for path in paths:
-        shard, hists, shard_names, shard_ignore = load_hist(path)
+        shard, hists, names, ignore = load_hist(path)
         if shard in seen:
             raise UsageError(f'{path} and {seen[shard]} are both shard {shard[0]}/{shard[1]}')
         seen[shard] = path
-        if merged is None:
-            merged, names, ignore = hists, shard_names, shard_ignore
-            continue
-        if shard_names != names:
+        if loaded and names != loaded[0][2]:
             raise UsageError(f'{path} scores other labels or classes than {paths[0]}')
-        for label, hist in hists.items():
-            merged[label] += hist
+        loaded.append((shard, hists, names, ignore))
     counts = {n for _, n in seen}
     indices = sorted(i for i, _ in seen)
     if len(counts) != 1 or indices != list(range(counts.pop())):
         missing = ', '.join(f'{i}/{n}' for i, n in sorted(seen))
         raise UsageError(f'the shards do not make one whole split (have {missing})')
+    loaded.sort(key=lambda item: item[0])
+    _, merged, names, ignore = loaded[0]
+    for _, hists, _, _ in loaded[1:]:
+        for label, hist in hists.items():
+            merged[label] += hist
     return merged, names, ignore
 
 
@@ -260,7 +383,7 @@ def score_pred_dir(pred_dir, gt_dir, num_classes, shard=(0, 1)):
             raise UsageError(f'no prediction {pred_path} for the label {gt_path}')
         gt, pred = pictures.read_label_png(gt_path), pictures.read_label_png(pred_path)
         try:
-            hist.add(gt, pred)
+            hist.add(gt, pred, gt_path.stem)
         except ValueError as e:
             raise UsageError(f'{pred_path}: {e}') from e
         progress.update()

@@ -13,12 +13,21 @@ standard library: those two run on the system python3.
     train_log.csv, val_log.json, loss.png, mean_iu.png
     score.json                  the score on the model's val split (what make and the
                                 reports read); score-SPLIT.json, score-SPLIT-shardIofN.json
-    score-shards/I-of-N.npz     the histograms of sharded scoring
+    score-images.npz            beside each score JSON (score-SPLIT-images.npz, ...): per
+                                image and class the intersection, ground truth and
+                                prediction pixel counts (fcn.evaluation.save_image_counts),
+                                written before the JSON; absent for scores made without them
+    score-confusion.png         the confusion matrix, rows normalised
+    score-shards/I-of-N.npz     the histograms and per-image counts of sharded scoring
+    predictions/ID.png          the predicted class ids of each val image, palette PNGs
+                                (predictions/LABEL/ID.png for nets of several heads);
+                                predictions-SPLIT/ for another split
     data-check.json             a declared model's dataset check
     slurm/                      SLURM job logs and the submitted chain (chain.json)
     infer/                      infer.py's output
   runs/released/MODEL/          released_folder(MODEL): the reference release's weights,
                                 scored and run here, in the same layout
+  runs/page/                    the results page of every scored run (fcn/reports/page.py)
 """
 import json
 import os
@@ -38,6 +47,9 @@ LOSS_PLOT = 'loss.png'
 MEAN_IU_PLOT = 'mean_iu.png'
 SCORE = 'score.json'
 SCORE_SHARDS = 'score-shards'
+IMAGE_COUNTS_SUFFIX = '-images.npz'
+PREDICTIONS_DIR = 'predictions'
+PAGE_DIR = 'page'
 DATA_CHECK = 'data-check.json'
 SLURM_DIR = 'slurm'
 CHAIN_RECORD = 'chain.json'
@@ -147,6 +159,17 @@ class RunFolder:
             return self.path / SCORE
         suffix = '' if shard is None else f'-shard{shard[0]}of{shard[1]}'
         return self.path / f'score-{split}{suffix}.json'
+
+    def predictions(self, split=None):
+        """The folder of the predictions scoring saves: predictions/ for the model's val
+        split (split None), predictions-SPLIT/ for another."""
+        return self.path / (PREDICTIONS_DIR if split is None else f'{PREDICTIONS_DIR}-{split}')
+
+
+def image_counts_file(score_path):
+    """The per-image counts beside a score JSON: score.json -> score-images.npz."""
+    score_path = Path(score_path)
+    return score_path.with_name(score_path.stem + IMAGE_COUNTS_SUFFIX)
 
 
 def run_folder(model, runs=None):

@@ -18,6 +18,11 @@ keeps its histogram, so one split can be scored on several machines and merged.
 scores on that runtime instead of Caffe (Caffe's data layers still read the split), so
 that its mean IU can be set beside Caffe's; the report goes to score-RUNTIME.json.
 
+Beside the report (score.json) go its per-image counts (score-images.npz: per image and
+class the intersection, ground truth and prediction pixels, which give each image's pixel
+accuracy and mean IU), merged from shards like the totals, and for MODEL the predictions
+as palette PNGs (runs/MODEL/predictions/): what the results page (solve/page.py) shows.
+
 MODEL's weights are checked before Caffe reads them: a file cut short or of another kind
 is refused, and so are weights lacking layers of the model's val net (another model's)
 unless --allow-missing-layers.
@@ -61,8 +66,15 @@ def score_model(args):
                         data_updates={'split': args.split},
                         allow_missing_layers=args.allow_missing_layers)
     released = args.weights == nets.RELEASED
+    folder = runs.released_folder(args.model) if released else runs.run_folder(args.model)
+    # The predictions go beside the report: into the run folder unless --json says elsewhere.
+    beside = folder if args.json is None else runs.RunFolder(args.json.parent, args.model)
+    # Another runtime's predictions go only where --save-dir says: the run folder's are
+    # Caffe's, which the results page shows.
+    save_dir = args.save_dir or (None if runtime else
+                                 beside.predictions(None if split == spec.val_split else split))
     ids = nets.split_ids(net)
-    hists = evaluation.score_net(net, spec.heads, ids, args.shard, args.save_dir,
+    hists = evaluation.score_net(net, spec.heads, ids, args.shard, save_dir,
                                  label=f'score {args.model} {split}'
                                        + (f' ({args.runtime})' if runtime else ''),
                                  limit=args.images, runtime=runtime)
@@ -81,11 +93,10 @@ def score_model(args):
     if released:
         # The released weights' score on the model's own split is what make and the
         # reproduction report read.
-        folder = runs.released_folder(args.model)
         default = folder.score() if (split, shard) == (spec.val_split, None) else \
             folder.score(split, shard)
     else:
-        default = runs.run_folder(args.model).score(split, shard)
+        default = folder.score(split, shard)
     if args.runtime != 'caffe':
         default = default.with_name(f'{default.stem}-{args.runtime}{default.suffix}')
     return hists, names, ignore, extra, args.json or default
@@ -106,7 +117,9 @@ def build_parser():
     parser.add_argument('--images', type=int, metavar='N',
                         help='score only the first N images of the split (a quick look)')
     parser.add_argument('--data-dir', help='data root (default: $FCN_DATA_DIR or data/)')
-    parser.add_argument('--save-dir', type=Path, help='write prediction PNGs (palette) here')
+    parser.add_argument('--save-dir', type=Path, help='MODEL: write prediction PNGs (palette) '
+                        'here (default: predictions/ beside the report, predictions-SPLIT/ for '
+                        'another split; what the results page shows)')
     parser.add_argument('--pred-dir', type=Path, help='score saved prediction PNGs ...')
     parser.add_argument('--gt-dir', type=Path, help='... against the label PNGs here')
     parser.add_argument('--num-classes', type=int, help='class count for --pred-dir')

@@ -224,6 +224,11 @@ def test_eval_released_scores_the_val_split_as_score_py_by_hand(tmp_path, served
     weights = tmp_path / 'weights/released/fcn16s-heavy-pascal.caffemodel'
     assert released['weights'] == str(weights) and released['released'] is True
     assert released['split'] == 'seg11valid' and released['n_images'] == len(ids)
+    # beside the report: its per-image counts and the predictions the results page shows
+    folder = tmp_path / 'runs/released/voc-fcn16s'
+    (_, images), = evaluation.load_image_counts(folder / 'score-images.npz').values()
+    assert images.ids == ids
+    assert sorted(p.stem for p in (folder / 'predictions').glob('*.png')) == ids
     # score.py run by hand on the downloaded file
     by_hand = tmp_path / 'by-hand.json'
     score_command.main(['voc-fcn16s', '--weights', str(weights), '--data-dir', str(data), '--cpu',

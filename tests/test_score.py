@@ -123,8 +123,74 @@ def test_shards_merge_into_the_unsharded_result(tmp_path, capsys):
     want = reference_metrics(gts, preds, 5, ignore_absent=True)
     assert whole['mean_iu'] == pytest.approx(want['mean_iu'])
     assert (tmp_path / 'whole-confusion.png').stat().st_size > 0
+    # the per-image counts: merged in the split's order whatever the order of the shards
+    score_command.main(['--merge'] + [str(p) for p in reversed(shards)]
+                       + ['--json', str(tmp_path / 'r.json')])
+    (_, whole_images), = evaluation.load_image_counts(tmp_path / 'whole-images.npz').values()
+    assert whole_images.ids == [f'{i:03d}' for i in range(9)]
+    for name in ('m-images.npz', 'r-images.npz'):
+        (_, merged_images), = evaluation.load_image_counts(tmp_path / name).values()
+        assert merged_images.ids == whole_images.ids
+        np.testing.assert_array_equal(merged_images.counts, whole_images.counts)
+    np.testing.assert_array_equal(whole_images.counts, numpy_image_counts(gts, preds, 5))
     with pytest.raises(UsageError, match='do not make one whole split'):
         score_command.main(['--merge', str(shards[0]), str(shards[2])])
+
+
+def numpy_image_counts(gts, preds, num_classes):
+    """Per image and class: intersection, ground truth and prediction pixels over the
+    non-void pixels, by masks."""
+    table = np.zeros((len(gts), 3, num_classes), np.int64)
+    for index, (gt, pred) in enumerate(zip(gts, preds)):
+        valid = gt != VOID
+        for c in range(num_classes):
+            table[index, :, c] = (np.sum(valid & (gt == c) & (pred == c)),
+                                  np.sum(valid & (gt == c)), np.sum(valid & (pred == c)))
+    return table
+
+
+def test_per_image_counts_and_metrics_match_numpy():
+    rng = np.random.default_rng(4)
+    gts, preds = random_maps(rng, 8, num_classes=6, absent=(4,), predicted_only=(2,))
+    gts.append(np.full((3, 3), VOID, np.uint8))  # an image with nothing counted
+    preds.append(np.zeros((3, 3), np.uint8))
+    hist = evaluation.ConfusionMatrix(6)
+    for index, (gt, pred) in enumerate(zip(gts, preds)):
+        hist.add(gt, pred, f'im{index}')
+    assert hist.images.ids == [f'im{i}' for i in range(9)]
+    np.testing.assert_array_equal(hist.images.table(), numpy_image_counts(gts, preds, 6))
+    pixel_acc, mean_iu = hist.images.metrics()
+    for index, (gt, pred) in enumerate(zip(gts[:-1], preds[:-1])):
+        want = reference_metrics([gt], [pred], 6)
+        assert pixel_acc[index] == pytest.approx(want['pixel_acc'], abs=1e-12)
+        assert mean_iu[index] == pytest.approx(want['mean_iu'], abs=1e-12)
+    assert np.isnan(pixel_acc[-1]) and np.isnan(mean_iu[-1])
+    # per-image counts add up to the split's matrix
+    np.testing.assert_array_equal(hist.images.table()[:, 0].sum(0), np.diag(hist.hist))
+    np.testing.assert_array_equal(hist.images.table()[:, 1].sum(0), hist.hist.sum(1))
+
+
+def test_shards_without_per_image_counts_merge_without_them(tmp_path):
+    """Histograms saved before per-image counts existed still merge; the report then has
+    no per-image file, and a stale one beside it is removed."""
+    rng = np.random.default_rng(5)
+    gts, preds = random_maps(rng, 4, num_classes=3)
+    names, ignore = {'label': ('a', 'b', 'c')}, {'label': False}
+    paths = []
+    for index in range(2):
+        hist = evaluation.ConfusionMatrix(3)
+        for gt, pred in zip(gts[2 * index:2 * index + 2], preds[2 * index:2 * index + 2]):
+            hist.add(gt, pred)
+        paths.append(tmp_path / f'{index}.npz')
+        np.savez(paths[-1], hist_label=hist.hist, meta=json.dumps(
+            {'shard': [index, 2], 'heads': [{'label': 'label', 'class_names': list('abc'),
+                                            'ignore_absent': False, 'n_images': 2}]}))
+    (tmp_path / 'score-images.npz').write_bytes(b'stale')
+    hists, names, ignore = evaluation.merge_hists(paths)
+    assert hists['label'].images is None and hists['label'].n_images == 4
+    evaluation.write_outputs(tmp_path / 'score.json', hists, names, ignore)
+    assert not (tmp_path / 'score-images.npz').exists()
+    assert json.loads((tmp_path / 'score.json').read_text())['n_images'] == 4
 
 
 def test_prediction_missing_for_a_label_is_an_error(tmp_path):
@@ -157,9 +223,13 @@ def test_score_net_counts_every_image_and_shards_add_up(val_net, tmp_path):
         total += part
     np.testing.assert_array_equal(total.hist, whole.hist)
     assert total.n_images == whole.n_images == 6
+    assert total.images.ids == ids
+    np.testing.assert_array_equal(total.images.table(), whole.images.table())
     # every non-void pixel of every image is counted exactly once
     pixels = sum((stress.synthetic_example(i, 16)[1] != VOID).sum() for i in range(6))
     assert whole.hist.sum() == pixels
+    assert whole.images.ids == ids
+    np.testing.assert_array_equal(whole.images.table().sum(0)[0], np.diag(whole.hist))
     label = pictures.read_label_png(tmp_path / '5.png')
     assert label.shape == stress.synthetic_example(5, 16)[1].shape[1:]
     assert label.max() < stress.NUM_CLASSES
