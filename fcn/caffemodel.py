@@ -272,10 +272,12 @@ def check_values(buffer, record):
                                       f'({elements} elements) but holds {count} {kind}')
 
 
-def checked_layers(path):
+def checked_layers(path, schema=True):
     """The LayerRecords of a weights file Caffe can load: it exists, and is a whole
     NetParameter in protobuf's binary format with layers whose blobs hold their values.
-    Otherwise a WeightsFileError naming the file, its size and what to do."""
+    Otherwise a WeightsFileError naming the file, its size and what to do. `schema`: also
+    check every field against Caffe's message definitions (needs pycaffe's caffe_pb2;
+    without it the layers and blobs are still read to the end and counted)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsFileError(f'weights file {path} does not exist: check the path, or '
@@ -283,7 +285,8 @@ def checked_layers(path):
     size = path.stat().st_size
     try:
         with mapped(path) as buffer:
-            check_message(buffer, 0, len(buffer), caffe_pb2().NetParameter.DESCRIPTOR)
+            if schema:
+                check_message(buffer, 0, len(buffer), caffe_pb2().NetParameter.DESCRIPTOR)
             records = layer_records(buffer)
             for record in records:
                 check_values(buffer, record)

@@ -134,19 +134,7 @@ def check_weights(prototxt, weights):
     caffemodel holding blobs of the net's shapes for every Convolution, Deconvolution and
     Scale layer but those the definition fills. Read without Caffe (fcn.caffemodel)."""
     from fcn import caffemodel
-    weights = Path(weights)
-    if not weights.is_file():
-        raise UsageError(f'weights file {weights} does not exist: check the path, or make '
-                         f'or fetch the file first')
-    size = weights.stat().st_size
-    try:
-        with caffemodel.mapped(weights) as buffer:
-            records = caffemodel.layer_records(buffer)
-            for record in records:
-                caffemodel.check_values(buffer, record)
-    except (caffemodel.CaffemodelError, UnicodeDecodeError) as error:
-        raise UsageError(f'{weights} ({size} bytes) is not a complete Caffe weights file '
-                         f'({error}): {caffemodel.WEIGHTS_REMEDY}') from None
+    records = caffemodel.checked_layers(weights, schema=False)
     held = {record.name: record.shapes for record in records}
     missing = []
     for name, (shapes, filled) in parameter_shapes(prototxt).items():

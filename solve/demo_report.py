@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from fcn import nets, paths, pictures
+from fcn import nets, pictures, reports
 from fcn.errors import UsageError, run_command
 from fcn.reports import demo
 
@@ -28,12 +28,10 @@ def main(argv=None):
     from fcn.runtime import devices
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--runs-dir', type=Path, default=paths.RUNS_DIR,
-                        help='where the toy stages were trained (default: runs/)')
-    parser.add_argument('--out', type=Path, help='report folder (default: RUNS_DIR/demo)')
+    reports.add_folder_options(parser, 'where the toy stages were trained',
+                               'report folder (default: RUNS_DIR/demo)')
     parser.add_argument('--images', type=int, default=8,
                         help='val images on the prediction sheet (default 8)')
-    parser.add_argument('--data-dir', help='data root (default: $FCN_DATA_DIR or data/)')
     devices.add_device_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('GLOG_minloglevel', '2')

@@ -14,9 +14,8 @@ Thumbnails are rendered once and reused until their sources change.
 """
 import argparse
 import time
-from pathlib import Path
 
-from fcn import nets, paths
+from fcn import nets, reports
 from fcn.errors import run_command
 from fcn.reports import page
 
@@ -24,10 +23,8 @@ from fcn.reports import page
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--runs-dir', type=Path, default=paths.RUNS_DIR,
-                        help='the runs to show (default: runs/)')
-    parser.add_argument('--out', type=Path, help='the page folder (default: RUNS_DIR/page)')
-    parser.add_argument('--data-dir', help='data root (default: $FCN_DATA_DIR or data/)')
+    reports.add_folder_options(parser, 'the runs to show',
+                               'the page folder (default: RUNS_DIR/page)')
     args = parser.parse_args(argv)
     nets.set_data_dir(args.data_dir)
     started = time.perf_counter()

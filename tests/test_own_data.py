@@ -402,7 +402,10 @@ def run(clone, *command, ok=True):
     # slow each other down on a busy machine.
     env.update(PYTHONPATH=str(clone), GLOG_minloglevel='2', OMP_NUM_THREADS='1')
     if command[0] == 'make':
-        command = (*command, f'VENV={sys.prefix}')
+        # This virtualenv, taken as it is: never re-made in the copy (which would point
+        # its path file at the copy).
+        command = (*command, f'VENV={sys.prefix}',
+                   '-o', f'{sys.prefix}/.requirements-installed')
     elif command[0].endswith('.py'):
         command = (sys.executable, *command)
     done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)

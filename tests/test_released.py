@@ -54,6 +54,16 @@ def read_net(path):
     return net
 
 
+def narrow_deploy_net(tmp_path, model):
+    """`model`'s narrow deploy net with weights in the release's layout, on the Caffe
+    runtime as infer.py runs it."""
+    folder = narrow_files(tmp_path / 'models', model)
+    weights = tmp_path / 'w.caffemodel'
+    write_released(weights, model)
+    return runtimes.CaffeRuntime(
+        instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights))
+
+
 def instantiate(net_param, folder, weights=None):
     path = folder / 'net.prototxt'
     path.write_text(str(net_param))
@@ -332,11 +342,7 @@ def test_infer_segments_a_folder_of_every_size_and_mode(tmp_path, served, monkey
 
 
 def test_infer_shrinks_large_images_for_the_net_and_labels_them_at_their_size(tmp_path):
-    folder = narrow_files(tmp_path / 'models', 'voc-fcn8s')
-    weights = tmp_path / 'w.caffemodel'
-    write_released(weights, 'voc-fcn8s')
-    net = runtimes.CaffeRuntime(
-        instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights))
+    net = narrow_deploy_net(tmp_path, 'voc-fcn8s')
     rgb = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / 'big.png')
     inference.infer_files(net, MODELS['voc-fcn8s'].heads, np.array(MEAN, np.float32),
@@ -350,11 +356,7 @@ def test_infer_shrinks_large_images_for_the_net_and_labels_them_at_their_size(tm
 
 
 def test_infer_two_heads_and_refused_inputs(tmp_path):
-    folder = narrow_files(tmp_path / 'models', 'siftflow-fcn32s')
-    weights = tmp_path / 'w.caffemodel'
-    write_released(weights, 'siftflow-fcn32s')
-    net = runtimes.CaffeRuntime(
-        instantiate(read_net(folder / 'deploy.prototxt'), tmp_path, weights))
+    net = narrow_deploy_net(tmp_path, 'siftflow-fcn32s')
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'coast.jpg')
     written = inference.infer_files(net, MODELS['siftflow-fcn32s'].heads, np.zeros(3, np.float32),
                                 [tmp_path / 'coast.jpg'], tmp_path / 'out')
