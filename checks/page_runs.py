@@ -2,8 +2,8 @@
 images, palette label PNGs with void borders) under a data root, and for each model a run
 folder as scoring leaves it (score.json, score-images.npz, predictions/), its predictions
 the ground truth with a share of its pixels given another class, the share shrinking
-down the list of models, so the last model is the best (as FCN-8s is of 32s, 16s, 8s). Shared by the tests and
-by the timing below.
+down the list of models, so the last model is the best (as FCN-8s is of 32s, 16s, 8s).
+Shared by the tests and by the timing below.
 
   python -m checks.page_runs DIR [--images 1449] [--size 500x375]
       writes DIR/data and DIR/runs (voc-fcn32s, 16s, 8s), builds DIR/runs/page twice

@@ -304,8 +304,10 @@
       ]);
       chosen.forEach(function (r) {
         var j = r.index[id];
-        var caption = el('div', {'class': 'caption'}, [j === undefined ? 'not scored' :
-          'mean IU ' + percent(r.head.images.mean_iu[j]) + ' · pixel acc ' + percent(r.head.images.pixel_acc[j])]);
+        // One measure a line: the caption sits under a 128-pixel thumbnail.
+        var caption = el('div', {'class': 'caption'}, j === undefined ? ['not scored'] : [
+          'mean IU ' + percent(r.head.images.mean_iu[j]), el('br'),
+          'pixel acc ' + percent(r.head.images.pixel_acc[j])]);
         var predicted = j !== undefined && !r.noPrediction[id];
         row.appendChild(el('td', {'class': 'run-cell', 'data-run': r.run.key}, [
           predicted ? picture(fileUrl('runs/' + r.run.key + '/pred', group.label, multi, id, '.png'), r.run.name + ' ' + id)
