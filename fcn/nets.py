@@ -18,7 +18,6 @@ from fcn.runtime import caffe_env  # noqa: F401
 from fcn import caffemodel, constants, paths
 from fcn.errors import UsageError
 from fcn.prototxt import data_layers, read_net, temporary_prototxt
-# The training code reads and writes solver files through this module.
 
 
 def model_spec(name):
