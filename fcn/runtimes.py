@@ -18,6 +18,44 @@ from fcn.errors import UsageError
 NAMES = ('caffe', 'opencv', 'onnxruntime')
 
 
+def add_options(parser, what):
+    """--runtime and --onnx, as infer.py and score.py take them; `what`: what the runtime
+    does there, for the help."""
+    parser.add_argument('--runtime', choices=NAMES, default='caffe',
+                        help=f'{what} (default caffe); opencv and onnxruntime run on the CPU '
+                             'without Caffe')
+    parser.add_argument('--onnx', type=Path, metavar='FILE',
+                        help='the ONNX model for --runtime onnxruntime (solve/export.py)')
+
+
+def option_problem(args):
+    """What is wrong with a command's --runtime, --weights, --onnx, --gpu and
+    --allow-missing-layers taken together, or None."""
+    if args.runtime == 'onnxruntime':
+        if args.onnx is None or args.weights is not None:
+            return ('--runtime onnxruntime takes --onnx FILE (written by solve/export.py, '
+                    'which holds the weights), not --weights')
+    elif args.weights is None:
+        return 'MODEL needs --weights'
+    elif args.onnx is not None:
+        return '--onnx is for --runtime onnxruntime'
+    if args.runtime != 'caffe' and (args.gpu is not None or args.allow_missing_layers):
+        return (f"--runtime {args.runtime} runs on the CPU with all of the net's weights: "
+                '--gpu and --allow-missing-layers are for --runtime caffe')
+    return None
+
+
+def deploy_runtime(name, deploy, weights=None, onnx=None):
+    """The OpenCV or ONNX Runtime engine of a deploy net (OpenCV: the prototxt `deploy`
+    with `weights`; ONNX Runtime: the file `onnx`, which holds both); None for caffe,
+    whose net the caller loads (with Caffe's weights checks and device)."""
+    if name == 'onnxruntime':
+        return OnnxRuntime(onnx)
+    if name == 'opencv':
+        return OpenCVRuntime(deploy, weights)
+    return None
+
+
 class CaffeRuntime:
     """A loaded caffe.Net (fcn.nets.load_net)."""
     name = 'caffe'
@@ -74,9 +112,10 @@ def field(pairs, name, default=None):
     return values[0] if values else default
 
 
-def prototxt_inputs(path):
-    """{top: channels} of a deploy prototxt's Input layer (its `shape { dim: ... }`)."""
-    for pairs in prototxt_layers(path):
+def prototxt_inputs(path, layers=None):
+    """{top: channels} of a deploy prototxt's Input layer (its `shape { dim: ... }`);
+    `layers`: its prototxt_layers, when already read."""
+    for pairs in layers if layers is not None else prototxt_layers(path):
         if field(pairs, 'type') != 'Input':
             continue
         tops = [value for key, value in pairs if key == 'top']
@@ -88,13 +127,15 @@ def prototxt_inputs(path):
                      f'(models/MODEL/deploy.prototxt)')
 
 
-def parameter_shapes(path):
+def parameter_shapes(path, layers=None):
     """{layer name: (blob shapes, whether the definition fills them)} of a deploy
     prototxt's Convolution, Deconvolution and Scale layers, the channels followed from the
-    Input layer; a shape is None where a layer before it is of a kind not followed."""
-    channels = dict(prototxt_inputs(path))
+    Input layer; a shape is None where a layer before it is of a kind not followed.
+    `layers`: its prototxt_layers, when already read."""
+    layers = prototxt_layers(path) if layers is None else layers
+    channels = dict(prototxt_inputs(path, layers))
     shapes = {}
-    for pairs in prototxt_layers(path):
+    for pairs in layers:
         kind, name = field(pairs, 'type'), field(pairs, 'name')
         bottoms = [channels.get(value) for key, value in pairs if key == 'bottom']
         given = bottoms[0] if bottoms else None
@@ -128,7 +169,7 @@ def parameter_shapes(path):
     return shapes
 
 
-def check_weights(prototxt, weights):
+def check_weights(prototxt, weights, layers=None):
     """Refuse a weights file OpenCV cannot run the deploy net with (OpenCV ends the
     process on a layer whose weights are missing or of other shapes): it must be a whole
     caffemodel holding blobs of the net's shapes for every Convolution, Deconvolution and
@@ -137,7 +178,7 @@ def check_weights(prototxt, weights):
     records = caffemodel.checked_layers(weights, schema=False)
     held = {record.name: record.shapes for record in records}
     missing = []
-    for name, (shapes, filled) in parameter_shapes(prototxt).items():
+    for name, (shapes, filled) in parameter_shapes(prototxt, layers).items():
         if name not in held:
             if not filled:
                 missing.append(name)
@@ -166,8 +207,9 @@ class OpenCVRuntime:
         except ImportError as error:
             raise UsageError(f'--runtime opencv needs OpenCV ({error}): install '
                              f'opencv-python-headless (requirements-infer.txt)') from None
-        self.inputs = prototxt_inputs(prototxt)
-        check_weights(prototxt, weights)
+        layers = prototxt_layers(prototxt)
+        self.inputs = prototxt_inputs(prototxt, layers)
+        check_weights(prototxt, weights, layers)
         try:
             self.net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
             if self.net.empty():

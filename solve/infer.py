@@ -45,15 +45,14 @@ from fcn.runtime import devices
 
 def load_runtime(args):
     """The runtime (fcn.runtimes) of the model's deploy net and weights."""
-    if args.runtime == 'onnxruntime':
-        return runtimes.OnnxRuntime(args.onnx)
-    weights = nets.weights_file(args.model, args.weights)
     prototxt = nets.model_file(args.model, 'deploy')
-    if args.runtime == 'opencv':
-        return runtimes.OpenCVRuntime(prototxt, weights)
-    devices.select_device(args)
-    return runtimes.CaffeRuntime(nets.load_net(prototxt, weights,
-                                               allow_missing_layers=args.allow_missing_layers))
+    weights = None if args.weights is None else nets.weights_file(args.model, args.weights)
+    runtime = runtimes.deploy_runtime(args.runtime, prototxt, weights, args.onnx)
+    if runtime is None:
+        devices.select_device(args)
+        runtime = runtimes.CaffeRuntime(nets.load_net(
+            prototxt, weights, allow_missing_layers=args.allow_missing_layers))
+    return runtime
 
 
 def main(argv=None):
@@ -65,11 +64,7 @@ def main(argv=None):
                         help='trained weights (.caffemodel), or "released" for the reference '
                              "release's weights of MODEL (fetched if absent); not with "
                              '--runtime onnxruntime, whose --onnx file holds them')
-    parser.add_argument('--runtime', choices=runtimes.NAMES, default='caffe',
-                        help='what runs the net (default caffe); opencv and onnxruntime '
-                             'run on the CPU without Caffe')
-    parser.add_argument('--onnx', type=Path, metavar='FILE',
-                        help='the ONNX model for --runtime onnxruntime (solve/export.py)')
+    runtimes.add_options(parser, 'what runs the net')
     parser.add_argument('--out', type=Path, help='output folder (default runs/MODEL/infer, '
                         'runs/released/MODEL/infer for the released weights)')
     parser.add_argument('--probabilities', action='store_true',
@@ -82,19 +77,9 @@ def main(argv=None):
                         "it such weights, another net's, are refused")
     devices.add_device_args(parser)
     args = parser.parse_args(argv)
-    if args.runtime == 'onnxruntime':
-        if args.onnx is None or args.weights is not None:
-            parser.error('--runtime onnxruntime takes --onnx FILE (written by '
-                         'solve/export.py, which holds the weights), not --weights')
-    elif args.weights is None:
-        parser.error(f'--runtime {args.runtime} needs --weights')
-    elif args.onnx is not None:
-        parser.error('--onnx is for --runtime onnxruntime')
-    if args.runtime != 'caffe' and args.gpu is not None:
-        parser.error(f'--runtime {args.runtime} runs on the CPU; --gpu is for --runtime caffe')
-    if args.runtime != 'caffe' and args.allow_missing_layers:
-        parser.error('--allow-missing-layers is for --runtime caffe: OpenCV cannot run a net '
-                     'with layers left empty, and an ONNX file holds every weight')
+    problem = runtimes.option_problem(args)
+    if problem:
+        parser.error(problem)
     spec = nets.model_spec(args.model)
     images = inference.image_paths(args.images)
     if args.max_side is not None and args.max_side < 1:

@@ -56,11 +56,8 @@ def score_model(args):
     devices.select_device(args)
     split = args.split or spec.val_split
     weights = None if args.weights is None else nets.weights_file(args.model, args.weights)
-    runtime = None
-    if args.runtime == 'onnxruntime':
-        runtime = runtimes.OnnxRuntime(args.onnx)
-    elif args.runtime == 'opencv':
-        runtime = runtimes.OpenCVRuntime(nets.model_file(args.model, 'deploy'), weights)
+    runtime = runtimes.deploy_runtime(args.runtime, nets.model_file(args.model, 'deploy'),
+                                      weights, args.onnx)
     # Another runtime computes the scores: Caffe's val net only reads the data.
     net = nets.load_net(nets.model_file(args.model, 'val'), weights if runtime is None else None,
                         data_updates={'split': args.split},
@@ -133,12 +130,8 @@ def build_parser():
                         help="save this run's histograms for --merge")
     parser.add_argument('--json', type=Path, help='write the report here (and the '
                         'confusion PNG next to it); MODEL default: runs/MODEL/score-SPLIT.json')
-    parser.add_argument('--runtime', choices=runtimes.NAMES, default='caffe',
-                        help='MODEL: what computes the scores (default caffe; Caffe reads '
-                             'the data in every case); opencv and onnxruntime run on the CPU '
-                             'and write score-RUNTIME.json')
-    parser.add_argument('--onnx', type=Path, metavar='FILE',
-                        help='the ONNX model for --runtime onnxruntime (solve/export.py)')
+    runtimes.add_options(parser, 'MODEL: what computes the scores, written to '
+                         'score-RUNTIME.json (Caffe reads the data in every case)')
     devices.add_device_args(parser)
     return parser
 
@@ -163,17 +156,9 @@ def main(argv=None):
         ignore = {'label': args.ignore_absent}
         extra, json_path = {'pred_dir': str(args.pred_dir)}, args.json
     else:
-        if args.runtime == 'onnxruntime':
-            if args.onnx is None or args.weights is not None:
-                parser.error('--runtime onnxruntime takes --onnx FILE (written by '
-                             'solve/export.py, which holds the weights), not --weights')
-        elif args.weights is None:
-            parser.error('MODEL needs --weights')
-        elif args.onnx is not None:
-            parser.error('--onnx is for --runtime onnxruntime')
-        if args.runtime != 'caffe' and (args.gpu is not None or args.allow_missing_layers):
-            parser.error(f'--runtime {args.runtime} runs on the CPU with all of the net\'s '
-                         f'weights: --gpu and --allow-missing-layers are for --runtime caffe')
+        problem = runtimes.option_problem(args)
+        if problem:
+            parser.error(problem)
         if args.images is not None and args.images < 1:
             parser.error(f'--images {args.images}: give at least 1')
         hists, names, ignore, extra, json_path = score_model(args)

@@ -265,6 +265,7 @@ def render_predictions(renderer, key, split_key, pred_dir, label, multi, ids, nu
         err_rel = str(label_path(f'runs/{key}/err', label, multi, image_id))
         gt_full = renderer.out / label_path(f'cache/{split_key}/gt', label, multi, image_id)
         signature = file_signature(source)
+        pred = None  # read once, for whichever of the two pictures is rendered
         if not renderer.fresh(pred_rel, signature):
             pred = pictures.read_label_png(source)
             save_label_thumbnail(renderer.out / pred_rel, pred)
@@ -277,7 +278,9 @@ def render_predictions(renderer, key, split_key, pred_dir, label, multi, ids, nu
         if renderer.fresh(err_rel, err_signature):
             renderer.reused += 1
             continue
-        pred, gt = pictures.read_label_png(source), pictures.read_label_png(gt_full)
+        if pred is None:
+            pred = pictures.read_label_png(source)
+        gt = pictures.read_label_png(gt_full)
         if pred.shape != gt.shape:
             continue
         save_error_thumbnail(renderer.out / err_rel, error_codes(gt, pred, num_classes))
